@@ -1,0 +1,19 @@
+"""Typed configs with defaults that work, and the rules for loading them from files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What `msgvip extract` computes and how.
+
+    Only the fields that change the numbers reach the fingerprint (through each extractor's
+    ``spec()``); ``batch_size``, ``num_workers`` and ``device`` never do.
+    """
+
+    features: tuple[str, ...] = ("geometry",)
+    batch_size: int = 256  # crops per model call
+    num_workers: int = 2  # clip-decoding threads / processes
+    device: str = "cpu"

@@ -1,0 +1,198 @@
+"""`msgvip extract`: clips in, committed feature rows out, nothing computed twice.
+
+Clips are decoded by a small thread pool ahead of the extractors (numpy's zip and zlib release the
+GIL), grouped so model calls see many crops at once, and committed one by one, so an interrupted
+run keeps everything it finished and a rerun redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import ExtractConfig
+from ..data.clip import Clip, ClipError, read_clip
+from ..data.sources import ClipSource, discover_clips
+from ..extract.registry import Extractor, build_extractors, identity
+from ..store.cache import cache_root
+from ..store.feature_store import MASK_ARRAY, FeatureStore, IndexEntry
+from ..store.hash_cache import HashCache
+
+ERRORS_FILE = "errors.csv"
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ExtractAborted(Exception):
+    """A clip failed under ``on_error='fail'``; everything committed before it stays."""
+
+
+@dataclass
+class ExtractSummary:
+    fingerprint: str
+    store: str
+    clips_total: int = 0
+    written: int = 0
+    cached: int = 0
+    failed: int = 0
+    relabeled: int = 0
+    repairs: dict[str, int] = field(default_factory=lambda: {"clipped_boxes": 0, "zero_area_boxes": 0})
+    errors: list[dict[str, str]] = field(default_factory=list)
+    errors_csv: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def run_extract(
+    data: Path | str,
+    config: ExtractConfig = ExtractConfig(),
+    cache_dir: Path | str | None = None,
+    on_error: str = "skip",
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract every clip under ``data`` into the store for ``config``; see the module docstring."""
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    start = time.perf_counter()
+    sources = discover_clips(data)
+    extractors = build_extractors(config)
+    fp, record = identity(extractors)
+    root = cache_root(cache_dir)
+    store = FeatureStore.create(root / fp, fp, record, [a for e in extractors for a in e.arrays()])
+    summary = ExtractSummary(fingerprint=fp, store=str(store.path), clips_total=len(sources))
+    hashes = HashCache(root)
+    relabels: list[IndexEntry] = []
+
+    def relabel_if_changed(src: ClipSource, digest: str, target: int | None) -> None:
+        entry = store.entries[digest]
+        wanted = {"split": src.split, "clip_id": src.clip_id, "source": str(src.path)}
+        if target is not None:
+            wanted["target"] = target
+        if any(getattr(entry, k) != v for k, v in wanted.items()):
+            relabels.append(IndexEntry(**{**asdict(entry), **wanted}))
+
+    def write(group: list[tuple[ClipSource, Clip]]) -> None:
+        clips = [clip for _, clip in group]
+        for (src, clip), features in zip(group, extract_features(extractors, clips)):
+            entry = IndexEntry(
+                content_hash=clip.content_hash, clip_id=src.clip_id, source=str(src.path), split=src.split,
+                target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
+                row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
+            )  # fmt: skip
+            if store.write_clip(entry, features) is None:
+                summary.cached += 1  # another writer committed it first
+            else:
+                summary.written += 1
+
+    with store.lease():
+        store.touch()
+        store.set_state(complete=False, clips_expected=len(sources))
+        pending = []
+        for src in sources:
+            digest = hashes.get(src.path)
+            if digest is not None and digest in store:
+                summary.cached += 1
+                relabel_if_changed(src, digest, src.target)
+            else:
+                pending.append(src)
+        bar = tqdm(total=len(sources), initial=summary.cached, unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+        group: list[tuple[ClipSource, Clip]] = []
+        group_crops = 0
+        try:
+            for src, loaded in prefetch(_load, pending, workers=max(1, config.num_workers)):
+                if isinstance(loaded, ClipError):
+                    summary.failed += 1
+                    summary.errors.append({"path": loaded.path, "field": loaded.field, "message": loaded.message})
+                    bar.update(1)
+                    if on_error == "fail":
+                        raise ExtractAborted(str(loaded))
+                    continue
+                clip, stat = loaded
+                hashes.put(src.path, stat, clip.content_hash)
+                for key, count in clip.repairs.items():
+                    summary.repairs[key] = summary.repairs.get(key, 0) + count
+                if clip.content_hash in store:
+                    summary.cached += 1
+                    relabel_if_changed(src, clip.content_hash, clip.target)
+                    bar.update(1)
+                    continue
+                group.append((src, clip))
+                group_crops += int(clip.person_mask.sum())
+                if group_crops >= config.batch_size:
+                    write(group)
+                    bar.update(len(group))
+                    group, group_crops = [], 0
+            if group:
+                write(group)
+                bar.update(len(group))
+        finally:
+            bar.close()
+            hashes.close()
+            store.update_labels(relabels)
+            summary.relabeled = len(relabels)
+            summary.errors_csv = _write_errors(store.path, summary.errors)
+            store.set_state(complete=summary.failed == 0 and summary.written + summary.cached == len(sources), clips_expected=len(sources))
+            summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
+    stat = HashCache.stat(src.path)  # taken before reading: a file changed mid-read rehashes next time
+    try:
+        return read_clip(src.path, src.clip_id, src.target), stat
+    except ClipError as err:
+        return err
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int | None = None) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in order, with at most ``depth`` calls running ahead in threads."""
+    depth = depth or 2 * workers
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        for item in items:
+            queue.append((item, pool.submit(fn, item)))
+            if len(queue) >= depth:
+                head, future = queue.popleft()
+                yield head, future.result()
+        while queue:
+            head, future = queue.popleft()
+            yield head, future.result()
+
+
+def _write_errors(store_path: Path, errors: list[dict[str, str]]) -> str | None:
+    path = Path(store_path) / ERRORS_FILE
+    if not errors:
+        path.unlink(missing_ok=True)
+        return None
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "field", "message"])
+        writer.writeheader()
+        writer.writerows(errors)
+    return str(path)
+
+
+def extract_features(extractors: list[Extractor], clips: list[Clip]) -> list[dict[str, np.ndarray]]:
+    """Every array the store holds for each clip: the person mask plus each family's output."""
+    outputs = [extractor.extract(clips) for extractor in extractors]
+    merged = []
+    for i, clip in enumerate(clips):
+        features = {MASK_ARRAY: clip.person_mask}
+        for per_clip in outputs:
+            features.update(per_clip[i])
+        merged.append(features)
+    return merged

@@ -1,0 +1,387 @@
+"""The feature store: one Zarr v3 group per extraction config (DESIGN.md section 4).
+
+Layout of ``<cache_root>/<fingerprint>/``::
+
+    features.zarr/     a plain Zarr v3 group; attributes["msgvip"] hold fingerprint, config,
+                       schema version and the array specs
+      person_mask/     (C, T, N) bool           one chunk per clip row
+      <family>/        (C, T, N, ...) per feature family, e.g. geometry (C, T, N, 18) float32
+    index.jsonl        one JSON line per committed clip (the commit record, written last)
+    state.json         {"complete": bool, "clips_expected": int, "updated_at": unix time}
+    last_used          unix time of the last train/evaluate/extract that opened the store
+    pinned             present when the store is pinned (gc never removes it)
+    .write.lock        exclusive flock for row reservation and index commits
+    .lease             shared flock held by every reader and writer; gc needs it exclusively
+
+C (clip rows) grows by one per reserved row; T and N grow to the largest clip seen. A clip
+occupies ``[row, :frames, :persons]``, the rest of its row is zeros. A row is visible only once
+its index line exists: arrays are written first, the index line last, so a killed writer leaves at
+most an orphaned row that no reader ever sees (Zarr writes each chunk key atomically, but an array
+with unwritten chunks reads back zeros, so zeros are never trusted as data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from .fingerprint import array_checksum
+from .locks import file_lock
+
+SCHEMA_VERSION = 1
+INDEX_FILE = "index.jsonl"
+STATE_FILE = "state.json"
+LAST_USED_FILE = "last_used"
+PIN_FILE = "pinned"
+LOCK_FILE = ".write.lock"
+LEASE_FILE = ".lease"
+MASK_ARRAY = "person_mask"
+ZARR_DIR = "features.zarr"  # bookkeeping files stay outside it, so plain Zarr sees only arrays
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or used as asked; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One feature array: its trailing shape after (clip, frame, person) and its on-disk dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    dims: tuple[str, ...] = ()  # names of the trailing dims, for xarray
+
+    def __post_init__(self) -> None:
+        if len(self.dims) != len(self.shape):
+            object.__setattr__(self, "dims", tuple(f"{self.name}_dim{i}" for i in range(len(self.shape))))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "dims": list(self.dims)}
+
+    @classmethod
+    def from_json(cls, record: Mapping) -> ArraySpec:
+        return cls(record["name"], tuple(record["shape"]), record["dtype"], tuple(record["dims"]))
+
+
+MASK_SPEC = ArraySpec(MASK_ARRAY, (), "bool")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One committed clip: where its row is, what it is, and how to check it."""
+
+    content_hash: str
+    clip_id: str
+    source: str
+    split: str
+    target: int  # -1 = unlabeled
+    scene: str
+    frames: int
+    persons: int
+    row: int
+    checksums: dict[str, str]
+    written_at: float
+    repairs: dict[str, int] = field(default_factory=dict)
+
+    def to_line(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_line(cls, line: str) -> IndexEntry:
+        return cls(**json.loads(line))
+
+
+def _compressors(dtype: np.dtype) -> list:
+    # Embeddings barely compress: a fast codec with bit-shuffle; geometry and masks are mostly
+    # zero padding and compress well with zstd. crc32c makes any flipped byte in a chunk fail.
+    if dtype == np.float16:
+        blosc = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    else:
+        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    return [blosc, Crc32cCodec()]
+
+
+class FeatureStore:
+    """A fingerprinted Zarr v3 feature store on local disk.
+
+    Open one with :meth:`create` (writers) or :meth:`open` (readers). Readers see only clips in
+    the index; :meth:`write_clip` is safe from several processes at once.
+    """
+
+    def __init__(self, path: Path, meta: Mapping):
+        self.path = Path(path)
+        self.fingerprint: str = meta["fingerprint"]
+        self.config: dict = meta["config"]
+        self.arrays: tuple[ArraySpec, ...] = tuple(ArraySpec.from_json(a) for a in meta["arrays"])
+        self.created_at: float = meta["created_at"]
+        self._entries: dict[str, IndexEntry] = {}
+        self._index_offset = 0
+        self._handles: dict[str, zarr.Array] = {}
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def create(cls, path: Path, fingerprint: str, config: Mapping, arrays: Sequence[ArraySpec]) -> FeatureStore:
+        """Open the store at ``path``, creating it if missing; an existing one must match."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with file_lock(path / LOCK_FILE):
+            if not (path / ZARR_DIR / "zarr.json").exists():
+                meta = {
+                    "fingerprint": fingerprint,
+                    "config": dict(config),
+                    "schema_version": SCHEMA_VERSION,
+                    "arrays": [a.to_json() for a in (MASK_SPEC, *arrays)],
+                    "created_at": time.time(),
+                    "versions": _package_versions(),
+                }
+                group = zarr.open_group(str(path / ZARR_DIR), mode="w", zarr_format=3)
+                group.attrs["msgvip"] = meta
+                _write_json_atomic(path / STATE_FILE, {"complete": False, "clips_expected": 0, "updated_at": time.time()})
+        store = cls.open(path)
+        if store.fingerprint != fingerprint:
+            raise StoreError(f"{path}: holds fingerprint {store.fingerprint}, expected {fingerprint}; refusing to mix configs")
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> FeatureStore:
+        """Open an existing store for reading (and writing); clear errors for foreign or old stores."""
+        path = Path(path)
+        meta = read_store_meta(path)
+        store = cls(path, meta)
+        store.refresh()
+        return store
+
+    # ---------------------------------------------------------------- index
+    def refresh(self) -> None:
+        """Read index lines appended since the last call (a torn last line is left for later)."""
+        index = self.path / INDEX_FILE
+        if not index.exists():
+            return
+        with open(index, "rb") as f:
+            f.seek(self._index_offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            try:
+                entry = IndexEntry.from_line(line.decode("utf-8"))
+            except (ValueError, TypeError, UnicodeDecodeError):
+                continue  # a torn line from a killed writer, later overwritten: never data
+            self._entries[entry.content_hash] = entry  # the last line for a clip wins (relabels)
+        self._index_offset += end
+
+    @property
+    def entries(self) -> dict[str, IndexEntry]:
+        """Committed clips by content hash."""
+        return self._entries
+
+    def __contains__(self, content_hash: str) -> bool:
+        return content_hash in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries_for(self, split: str | None = None) -> list[IndexEntry]:
+        """Committed clips of one split (all when None), in row order."""
+        rows = [e for e in self._entries.values() if split is None or e.split == split]
+        return sorted(rows, key=lambda e: e.row)
+
+    # ---------------------------------------------------------------- writing
+    def write_clip(self, entry: IndexEntry, features: Mapping[str, np.ndarray]) -> IndexEntry | None:
+        """Write one clip's arrays, then commit its index line.
+
+        ``features`` maps every array name of the store (``person_mask`` included) to an array of
+        shape (frames, persons, *spec.shape). ``entry.row`` and ``entry.checksums`` are filled in
+        here. Returns the committed entry, or None when another writer committed the same clip
+        first (its row is then left orphaned, never visible).
+        """
+        specs = {a.name: a for a in self.arrays}
+        missing = set(specs) ^ set(features)
+        if missing:
+            raise StoreError(f"{self.path}: write_clip got arrays {sorted(features)}, store holds {sorted(specs)}")
+        cast = {}
+        for name, spec in specs.items():
+            array = np.asarray(features[name])
+            expected = (entry.frames, entry.persons, *spec.shape)
+            if array.shape != expected:
+                raise StoreError(f"{self.path}: array {name!r} of clip {entry.clip_id} has shape {array.shape}, expected {expected}")
+            cast[name] = array.astype(spec.dtype, copy=False)
+
+        row, frames, persons = self._reserve_row(entry.frames, entry.persons)
+        for name, array in cast.items():
+            padded = np.zeros((frames, persons, *specs[name].shape), dtype=array.dtype)
+            padded[: entry.frames, : entry.persons] = array
+            self._handle(name, row)[row] = padded
+        committed = IndexEntry(**{**asdict(entry), "row": row, "checksums": {n: array_checksum(a) for n, a in cast.items()}})
+        with file_lock(self.path / LOCK_FILE):
+            self.refresh()
+            if committed.content_hash in self._entries:
+                return None
+            self._append_index(committed.to_line())
+        return committed
+
+    def update_labels(self, updates: Sequence[IndexEntry]) -> None:
+        """Re-commit entries whose labels or split changed; features are untouched."""
+        if not updates:
+            return
+        with file_lock(self.path / LOCK_FILE):
+            self.refresh()
+            self._append_index("".join(u.to_line() for u in updates))
+
+    def _append_index(self, text: str) -> None:
+        # Called under the writer lock, right after refresh(), so every complete line is consumed
+        # and whatever lies past the offset is a line torn by a killed writer: cut it off so the
+        # next line does not fuse with it.
+        with open(self.path / INDEX_FILE, "ab") as f:
+            f.truncate(self._index_offset)
+            f.write(text.encode("utf-8"))
+        self.refresh()
+
+    def _reserve_row(self, frames: int, persons: int) -> tuple[int, int, int]:
+        """Grow every array by one row (and to at least frames x persons); return (row, T, N)."""
+        with file_lock(self.path / LOCK_FILE):
+            group = zarr.open_group(str(self.path / ZARR_DIR), mode="r+")
+            existing = set(group.array_keys())
+            if MASK_ARRAY in existing:
+                rows, t, n = group[MASK_ARRAY].shape
+            else:
+                rows, t, n = 0, frames, persons
+            t, n = max(t, frames), max(persons, n)
+            for spec in self.arrays:
+                shape = (rows + 1, t, n, *spec.shape)
+                if spec.name in existing:
+                    group[spec.name].resize(shape)
+                else:
+                    group.create_array(
+                        spec.name,
+                        shape=shape,
+                        chunks=(1, t, n, *spec.shape),
+                        dtype=spec.dtype,
+                        fill_value=0,
+                        compressors=_compressors(np.dtype(spec.dtype)),
+                        dimension_names=("clip", "frame", "person", *spec.dims),
+                    )
+        self._handles.clear()  # shapes changed: reopen lazily
+        return rows, t, n
+
+    def _handle(self, name: str, row: int = -1) -> zarr.Array:
+        handle = self._handles.get(name)
+        if handle is None or row >= handle.shape[0]:
+            handle = self._handles[name] = zarr.open_array(str(self.path / ZARR_DIR), path=name, mode="r+")
+        return handle
+
+    # ---------------------------------------------------------------- reading
+    def read_clip(self, entry: IndexEntry, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The clip's arrays cropped to its own (frames, persons)."""
+        names = [a.name for a in self.arrays] if names is None else names
+        return {n: self._handle(n, entry.row)[entry.row, : entry.frames, : entry.persons] for n in names}
+
+    def read_rows(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Whole padded rows, (len(rows), T, N, ...) per array; rows must be committed ones."""
+        names = [a.name for a in self.arrays] if names is None else names
+        rows = np.asarray(rows, dtype=np.int64)
+        top = int(rows.max()) if rows.size else -1
+        return {n: self._handle(n, top).get_orthogonal_selection((rows,)) for n in names}
+
+    def verify(self) -> list[tuple[IndexEntry, str]]:
+        """Re-read every committed clip and compare checksums; returns (entry, problem) pairs."""
+        problems = []
+        for entry in self.entries_for():
+            for spec in self.arrays:
+                try:
+                    data = self.read_clip(entry, [spec.name])[spec.name]
+                except Exception as err:  # a corrupt chunk fails its crc32c or its decompression
+                    problems.append((entry, f"{spec.name}: unreadable chunk ({type(err).__name__}: {err})"))
+                    continue
+                if array_checksum(data) != entry.checksums.get(spec.name):
+                    problems.append((entry, f"{spec.name}: checksum mismatch"))
+        return problems
+
+    # ---------------------------------------------------------------- state
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Hold a shared lease for the block: gc leaves the store alone while it is held."""
+        with file_lock(self.path / LEASE_FILE, shared=True, timeout=None):
+            yield
+
+    def touch(self) -> None:
+        """Record use now (file atime is unreliable, so msgvip writes it itself)."""
+        _write_text_atomic(self.path / LAST_USED_FILE, f"{time.time():.3f}\n")
+
+    def set_state(self, *, complete: bool, clips_expected: int) -> None:
+        _write_json_atomic(self.path / STATE_FILE, {"complete": complete, "clips_expected": clips_expected, "updated_at": time.time()})
+
+    def state(self) -> dict:
+        try:
+            return json.loads((self.path / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return {"complete": False, "clips_expected": 0, "updated_at": 0.0}
+
+    @property
+    def last_used(self) -> float:
+        try:
+            return float((self.path / LAST_USED_FILE).read_text())
+        except (OSError, ValueError):
+            return self.created_at
+
+    @property
+    def pinned(self) -> bool:
+        return (self.path / PIN_FILE).exists()
+
+    def set_pinned(self, pinned: bool) -> None:
+        if pinned:
+            (self.path / PIN_FILE).touch()
+        else:
+            (self.path / PIN_FILE).unlink(missing_ok=True)
+
+
+def read_store_meta(path: Path) -> dict:
+    """The store's msgvip attributes, with a clear error for missing, foreign or old stores."""
+    meta_file = Path(path) / ZARR_DIR / "zarr.json"
+    if not meta_file.is_file():
+        raise StoreError(f"{path}: no feature store here (zarr.json missing); run `msgvip extract` to create one")
+    try:
+        attrs = json.loads(meta_file.read_text()).get("attributes", {})
+    except ValueError as err:
+        raise StoreError(f"{meta_file}: unreadable ({err}); the store is damaged, nothing was changed") from None
+    meta = attrs.get("msgvip")
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: a Zarr group but not an msgvip feature store (no 'msgvip' attribute); nothing was changed")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: store schema version {version}, this msgvip reads version {SCHEMA_VERSION}; "
+            "re-extract into a new cache dir or use the msgvip release that wrote it (nothing was changed)"
+        )
+    return meta
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("msgvip", "zarr", "numpy", "numcodecs"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, record: Mapping) -> None:
+    _write_text_atomic(path, json.dumps(record, sort_keys=True) + "\n")
