@@ -120,6 +120,8 @@ def run_extract(
                     summary.errors.append({"path": loaded.path, "field": loaded.field, "message": loaded.message})
                     bar.update(1)
                     if on_error == "fail":
+                        write(group)  # clips decoded before the broken one are still committed
+                        bar.update(len(group))
                         raise ExtractAborted(str(loaded))
                     continue
                 clip, stat = loaded
