@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .config import ExtractConfig
+from .config import ConfigError, ExtractConfig
 from .data.sources import SourceError
 from .extract.registry import UnknownFeatureError
 from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
@@ -18,7 +18,7 @@ from .store import cache as cache_mod
 from .store.feature_store import FeatureStore, StoreError
 from .store.locks import LockTimeout
 
-USER_ERRORS = (StoreError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError)
+USER_ERRORS = (StoreError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError)
 
 cache_dir_option = click.option(
     "--cache-dir",
@@ -90,9 +90,7 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 def extract(data: Path, features: str, cache_dir: Path | None, on_error: str, batch_size: int, num_workers: int, as_json: bool) -> None:
     """Extract features of every clip under DATA (a folder of split folders, or a manifest .csv)
     into the store for this config. Clips already in the store are skipped."""
-    config = ExtractConfig(
-        features=tuple(f.strip() for f in features.split(",") if f.strip()), batch_size=batch_size, num_workers=num_workers
-    )
+    config = ExtractConfig(features=_families(features), batch_size=batch_size, num_workers=num_workers)
     summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json)
     if as_json:
         print_json(summary.to_json())
@@ -115,6 +113,109 @@ def _print_extract_summary(s: ExtractSummary) -> None:
         click.echo(f"failed: {err['path']}: field '{err['field']}': {err['message']}", err=True)
     if s.errors_csv:
         click.echo(f"errors listed in {s.errors_csv}", err=True)
+
+
+def _train_configs(config_file: Path | None, overrides: dict) -> tuple:
+    from .ranker import RankerConfig, TrainConfig, build_config, load_config_file
+
+    model_values, train_values = load_config_file(config_file) if config_file else ({}, {})
+    train_values.update({k: v for k, v in overrides.items() if v is not None})
+    source = str(config_file) if config_file else "command line"
+    return build_config(TrainConfig, train_values, source), build_config(RankerConfig, model_values, source)
+
+
+def _default_run_dir(fingerprint: str) -> Path:
+    import time
+
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
+
+
+@main.command()
+@click.option("--store", "store_ref", help="Store to train from: fingerprint, unique prefix, or path.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Clips to extract first (instead of --store).")
+@click.option("--features", default="geometry", show_default=True, help="Feature families, with --data.")
+@cache_dir_option
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<time>-<fingerprint>].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML with [model] and [train] sections.")
+@click.option("--epochs", type=int, help="Epochs [default: 30].")
+@click.option("--batch-size", type=int, help="Clips per step [default: 8].")
+@click.option("--lr", type=float, help="Peak learning rate [default: 3e-4].")
+@click.option("--seed", type=int, help="Seed [default: 0].")
+@click.option("--device", help="cpu, cuda or auto [default: auto].")
+@click.option("--patience", type=int, help="Early-stopping patience in epochs [default: 8].")
+@click.option("--in-memory", type=click.Choice(["auto", "yes", "no"]), help="Hold the splits in RAM or stream them [default: auto].")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV (clip_id, target) overriding the store's labels.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
+@user_errors
+def train(store_ref, data, features, cache_dir, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels, resume) -> None:
+    """Train the ranker on a store's train split, selecting on its val split."""
+    from .pipelines.train import store_for_training
+    from .ranker import read_label_overrides, train as train_run
+
+    if resume and run_dir is None:
+        raise click.UsageError("--resume needs --out RUN_DIR")
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory}
+    train_config, model_config = _train_configs(config_file, overrides)
+    store, _ = store_for_training(store_ref, data, ExtractConfig(features=_families(features)), cache_dir)
+    run_dir = run_dir or _default_run_dir(store.fingerprint)
+    summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume)
+    if summary.rank != 0:
+        return
+    if summary.val:
+        click.echo(f"best epoch {summary.best_epoch} of {summary.epochs_run}{' (stopped early)' if summary.stopped_early else ''}, "
+                   f"{summary.seconds_per_epoch:.1f} s/epoch, {100 * summary.data_wait_fraction:.1f}% waiting for data")
+        _print_metrics_table(summary.val)
+    click.echo(f"run: {summary.run_dir}  ({summary.seconds:.0f} s)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split of the run's store to evaluate.")
+@cache_dir_option
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV (clip_id, target) overriding the store's labels.")
+@json_option
+@user_errors
+def evaluate(run_dir: Path, split: str, cache_dir: Path | None, labels: Path | None, as_json: bool) -> None:
+    """Metrics of a run's best model against the heuristic baselines on one split."""
+    from .pipelines.train import store_of_run
+    from .ranker import evaluate_run, read_label_overrides
+
+    result = evaluate_run(run_dir, store_of_run(run_dir, cache_dir), split, labels=read_label_overrides(labels) if labels else None)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"{result['clips']} clips of split '{split}' in store {result['fingerprint'][:12]}")
+    _print_metrics_table(result)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_or_store")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"), show_default=True)
+@click.option("--split", help="Only this split of the store [default: all clips].")
+@cache_dir_option
+@user_errors
+def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cache_dir: Path | None) -> None:
+    """Rank the persons of every clip in DATA_OR_STORE (clips are extracted first, with the
+    settings of the run's store) and write a ranking CSV."""
+    from .pipelines.train import store_for_prediction
+    from .ranker import predict_run
+
+    store = store_for_prediction(run_dir, data_or_store, cache_dir)
+    count = predict_run(run_dir, store, out, split)
+    click.echo(f"ranked {count} clips -> {out}")
+
+
+def _families(features: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in features.split(",") if f.strip())
+
+
+def _print_metrics_table(result: dict) -> None:
+    names = [n for n in ("model", "largest_box", "most_central") if n in result]
+    rows = [[n, result[n]["n"], *(f"{result[n][k]:.3f}" for k in ("rank@1", "rank@2", "rank@3", "mrr", "map"))] for n in names]
+    print_table(["", "CLIPS", "RANK@1", "RANK@2", "RANK@3", "MRR", "MAP"], rows)
+    by = result["model"]["by_persons"]
+    click.echo("model Rank@1 by persons: " + ", ".join(f"{k}: {v['rank@1']:.3f} (n={v['n']})" for k, v in by.items() if v["n"]))
 
 
 @main.group()

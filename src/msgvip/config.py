@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+
+class ConfigError(ValueError):
+    """A config file, flag combination or label file that cannot be used; names the source."""
 
 
 @dataclass(frozen=True)
@@ -17,3 +21,10 @@ class ExtractConfig:
     batch_size: int = 256  # crops per model call
     num_workers: int = 2  # clip-decoding threads / processes
     device: str = "cpu"
+
+    def settings(self) -> dict:
+        """The options that decide the features (all but batch size, workers and device)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+
+
+RUNTIME_FIELDS = ("batch_size", "num_workers", "device")

@@ -73,7 +73,7 @@ def run_extract(
     extractors = build_extractors(config)
     fp, record = identity(extractors)
     root = cache_root(cache_dir)
-    store = FeatureStore.create(root / fp, fp, record, [a for e in extractors for a in e.arrays()])
+    store = FeatureStore.create(root / fp, fp, record, [a for e in extractors for a in e.arrays()], config.settings())
     summary = ExtractSummary(fingerprint=fp, store=str(store.path), clips_total=len(sources))
     hashes = HashCache(root)
     relabels: list[IndexEntry] = []

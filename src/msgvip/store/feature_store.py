@@ -122,6 +122,7 @@ class FeatureStore:
         self.path = Path(path)
         self.fingerprint: str = meta["fingerprint"]
         self.config: dict = meta["config"]
+        self.settings: dict = meta.get("settings", {})
         self.arrays: tuple[ArraySpec, ...] = tuple(ArraySpec.from_json(a) for a in meta["arrays"])
         self.created_at: float = meta["created_at"]
         self._entries: dict[str, IndexEntry] = {}
@@ -130,8 +131,14 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def create(cls, path: Path, fingerprint: str, config: Mapping, arrays: Sequence[ArraySpec]) -> FeatureStore:
-        """Open the store at ``path``, creating it if missing; an existing one must match."""
+    def create(
+        cls, path: Path, fingerprint: str, config: Mapping, arrays: Sequence[ArraySpec], settings: Mapping | None = None
+    ) -> FeatureStore:
+        """Open the store at ``path``, creating it if missing; an existing one must match.
+
+        ``config`` is the record the fingerprint hashes; ``settings`` are the user-facing options
+        that produced it (kept so the same extraction can be rerun on new clips).
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with file_lock(path / LOCK_FILE):
@@ -139,6 +146,7 @@ class FeatureStore:
                 meta = {
                     "fingerprint": fingerprint,
                     "config": dict(config),
+                    "settings": dict(settings or {}),
                     "schema_version": SCHEMA_VERSION,
                     "arrays": [a.to_json() for a in (MASK_SPEC, *arrays)],
                     "created_at": time.time(),

@@ -1,0 +1,175 @@
+"""Committed clips of a store as training batches (DESIGN.md section 6).
+
+A split is held in RAM when it fits (one bulk read, then batches are tensor slices), else streamed:
+each batch's rows (whole Zarr chunks) are read by background threads a few batches ahead.
+Training batches get a random permutation of person slots, so the model cannot learn slot ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import ConfigError
+from ..store.feature_store import MASK_ARRAY, FeatureStore, IndexEntry
+
+BASELINE_GEOMETRY = ("area", "center_dist")  # what the heuristic baselines need from geometry
+
+
+class LabelError(ConfigError):
+    pass
+
+
+@dataclass
+class ClipBatch:
+    features: dict[str, torch.Tensor]  # name -> (B, T, N, D)
+    person_mask: torch.Tensor  # (B, T, N) bool
+    target: torch.Tensor  # (B,) long, -1 = unlabeled
+    index: torch.Tensor  # (B,) position of each clip in its dataset's ``entries``
+    slot_order: torch.Tensor  # (B, N): batch slot j holds the clip's original slot slot_order[b, j]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return ClipBatch({k: move(v) for k, v in self.features.items()}, move(self.person_mask), move(self.target), self.index, self.slot_order)
+
+
+def read_label_overrides(path: Path) -> dict[str, int]:
+    """A CSV with ``clip_id`` (or ``content_hash``) and ``target`` columns -> {key: target}."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    key = next((k for k in ("clip_id", "content_hash") if k in table.columns), None)
+    if key is None or "target" not in table.columns:
+        raise LabelError(f"{path}: needs columns clip_id (or content_hash) and target, has {list(table.columns)}")
+    try:
+        return {row[key]: int(row["target"]) for _, row in table.iterrows()}
+    except ValueError as err:
+        raise LabelError(f"{path}: column 'target': {err}") from None
+
+
+def _memory_budget() -> int:
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.4)
+
+
+class StoreDataset:
+    """The committed clips of one split (``None`` = all) of a store.
+
+    ``families`` picks feature arrays (default: all the store holds); multi-dim families such as
+    pose (K, 3) are flattened to one vector per person-frame. ``labels`` maps clip ids or content
+    hashes to targets that override the store's.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        split: str | None,
+        families: Sequence[str] | None = None,
+        in_memory: str = "auto",
+        labels: Mapping[str, int] | None = None,
+    ):
+        self.store = store
+        self.split = split
+        available = [a.name for a in store.arrays if a.name != MASK_ARRAY]
+        self.families = list(available if families is None else families)
+        unknown = set(self.families) - set(available)
+        if unknown:
+            raise LabelError(f"{store.path}: no feature arrays {sorted(unknown)} (the store holds {available})")
+        specs = {a.name: a for a in store.arrays}
+        self.feature_dims = {f: int(np.prod(specs[f].shape)) for f in self.families}
+        self.entries: list[IndexEntry] = store.entries_for(split)
+        labels = labels or {}
+        self.targets = torch.tensor(
+            [labels.get(e.clip_id, labels.get(e.content_hash, e.target)) for e in self.entries], dtype=torch.long
+        )
+        self.rows = np.array([e.row for e in self.entries], dtype=np.int64)
+        self.frames = max((e.frames for e in self.entries), default=0)
+        self.persons = max((e.persons for e in self.entries), default=0)
+        geometry = store.config.get("features", {}).get("geometry", {}).get("features", [])
+        self.baseline_columns = [geometry.index(n) for n in BASELINE_GEOMETRY] if set(BASELINE_GEOMETRY) <= set(geometry) else None
+        row_bytes = sum(np.prod(s.shape, dtype=np.int64) * np.dtype(s.dtype).itemsize for s in specs.values()) * self.frames * self.persons
+        if in_memory not in ("auto", "yes", "no"):
+            raise ValueError(f"in_memory must be auto, yes or no, got {in_memory!r}")
+        self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * len(self.entries) < _memory_budget())
+        self._cache = self._read(np.arange(len(self.entries))) if self.in_memory and self.entries else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self, positions: np.ndarray, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Rows at ``positions`` of this dataset as tensors cropped to the split's (T, N)."""
+        order = np.argsort(self.rows[positions], kind="stable")  # chunk order on disk
+        names = [*self.families, MASK_ARRAY] if names is None else names
+        arrays = self.store.read_rows(self.rows[positions][order], names)
+        inverse = np.argsort(order)
+        out = {}
+        for name in names:
+            a = arrays[name][inverse][:, : self.frames, : self.persons]
+            out[name] = torch.from_numpy(np.ascontiguousarray(a.reshape(*a.shape[:3], -1) if name != MASK_ARRAY else a))
+        return out
+
+    def _batch(self, positions: np.ndarray, data: dict[str, torch.Tensor], permute: torch.Generator | None) -> ClipBatch:
+        index = torch.from_numpy(positions)
+        b, n = len(positions), self.persons
+        target = self.targets[index]
+        slot_order = torch.arange(n).expand(b, n)
+        features = {f: data[f] for f in self.families}
+        mask = data[MASK_ARRAY]
+        if permute is not None:
+            slot_order = torch.argsort(torch.rand(b, n, generator=permute), dim=1)  # (B, N)
+            gather = lambda x: torch.gather(x, 2, slot_order[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))  # noqa: E731
+            features = {f: gather(v) for f, v in features.items()}
+            mask = gather(mask[..., None])[..., 0]
+            labeled = target >= 0
+            target = torch.where(labeled, torch.argsort(slot_order, dim=1).gather(1, target.clamp(min=0)[:, None])[:, 0], target)
+        return ClipBatch(features, mask, target, index, slot_order)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        permute_slots: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 4,
+    ) -> Iterator[ClipBatch]:
+        """Batches of whole clips; with ``world_size`` > 1 each rank gets every world_size-th clip
+        (padded by repetition so all ranks take the same number of steps)."""
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=g).numpy() if shuffle else np.arange(len(self))
+        if world_size > 1:
+            per_rank = -(-len(order) // world_size)
+            order = np.resize(order, per_rank * world_size)[rank::world_size]
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        permute = g if permute_slots else None
+        if self._cache is not None:
+            for positions in chunks:
+                yield self._batch(positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()}, permute)
+            return
+        with ThreadPoolExecutor(max(1, min(prefetch, 4))) as pool:
+            pending = [pool.submit(self._read, p) for p in chunks[:prefetch]]
+            for i, positions in enumerate(chunks):
+                data = pending[i].result()
+                if i + prefetch < len(chunks):
+                    pending.append(pool.submit(self._read, chunks[i + prefetch]))
+                yield self._batch(positions, data, permute)
+
+    def valid_slots(self) -> torch.Tensor:
+        """(C, N) bool: slots holding a person in at least one frame of each clip."""
+        mask = self._cache[MASK_ARRAY] if self._cache is not None else self._read(np.arange(len(self)), [MASK_ARRAY])[MASK_ARRAY]
+        return mask.any(1)
+
+    def baseline_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(area, center_dist, person_mask), each (C, T, N), for the heuristic baselines; None when
+        the store has no geometry."""
+        if self.baseline_columns is None or not len(self):
+            return None
+        data = self._cache if self._cache is not None and "geometry" in self._cache else self._read(np.arange(len(self)), ["geometry", MASK_ARRAY])
+        geometry = data["geometry"].float()
+        return geometry[..., self.baseline_columns[0]], geometry[..., self.baseline_columns[1]], data[MASK_ARRAY]

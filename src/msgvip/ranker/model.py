@@ -1,0 +1,400 @@
+"""The importance ranker: per person-frame fusion -> GATv2 per frame -> temporal Transformer per
+person -> event token -> attention pooling over time -> dual head (self / relation / gate).
+
+The architecture is the user's best model (reference 001), rebuilt so that its cost follows the
+people, not the padding: every stage runs on packed valid entries only.
+
+- GATv2 runs once for the whole batch on the valid person-frames (nodes), with a block-diagonal
+  edge index (fully connected within each (clip, frame) group) built with tensor ops.
+- The temporal Transformer runs on the persons that are valid in at least one frame, packed into
+  ``(P, T, H)`` with key padding for the frames where they are absent.
+- The event token and the relation head see only valid persons of the same clip.
+
+Padded slots and padded frames never enter a computation: their feature values are never read
+(not even NaN or inf garbage can leak), so permuting slots or appending padded slots/frames gives
+the same scores for the real persons (up to float summation order, ~1e-7).
+
+Shape letters used below: B clips, T frames, N person slots, H hidden size, V valid person-frames
+(nodes), E edges, P persons valid in at least one frame, M most persons of one clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv
+from torch_geometric.utils import softmax as segment_softmax
+
+__all__ = ["INVALID_LOGIT", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
+
+#: Logit given to slots that hold no person in any frame of the clip. ``-inf`` so that such a slot
+#: never wins an argmax or a sort, whatever the real logits are; losses and metrics mask these
+#: slots explicitly as well, so they never see the value.
+INVALID_LOGIT = float("-inf")
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Hyper-parameters of :class:`ImportanceRanker`: plain values, saved whole in checkpoints.
+
+    ``RankerConfig(**d)`` rejects unknown keys (``TypeError``) and values of the wrong type
+    (``TypeError``); inconsistent sizes raise ``ValueError``.
+    """
+
+    hidden: int = 256  # H, width of every stage
+    fusion: str = "sum"  # "sum": sum of per-family projections; "concat": concat, then project
+    gat_layers: int = 2
+    gat_heads: int = 4  # hidden must be divisible by gat_heads
+    temporal_layers: int = 2
+    temporal_heads: int = 8  # hidden must be divisible by temporal_heads
+    ff_mult: int = 4  # Transformer feed-forward width = ff_mult * hidden
+    max_frames: int = 512  # longest clip the learned frame embedding supports
+    event_token: bool = True  # learned clip-context token attending over all person-frames
+    event_heads: int = 4
+    pool_heads: int = 4  # heads of the attention pooling over time
+    dual_head: bool = True  # self + relation scores mixed by a sigmoid gate; else self only
+    relation_heads: int = 4
+    dropout: float = 0.1  # on activations (fusion, GAT, Transformer, heads)
+    attention_dropout: float = 0.0  # on GATv2 attention coefficients
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(f.type)]
+            wrong_bool = isinstance(value, bool) and f.type != "bool"
+            if wrong_bool or not isinstance(value, expected):
+                raise TypeError(
+                    f"RankerConfig.{f.name} must be {f.type}, got {type(value).__name__} {value!r}"
+                )
+        if self.fusion not in ("sum", "concat"):
+            raise ValueError(f"RankerConfig.fusion must be 'sum' or 'concat', got {self.fusion!r}")
+        for name in ("gat_heads", "temporal_heads", "event_heads", "pool_heads", "relation_heads"):
+            heads = getattr(self, name)
+            if heads < 1 or self.hidden % heads:
+                raise ValueError(
+                    f"RankerConfig.hidden={self.hidden} must be divisible by {name}={heads}"
+                )
+        for name in ("hidden", "ff_mult", "max_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gat_layers", "temporal_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RankerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"RankerConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, int | float | bool | str]:
+        return asdict(self)
+
+
+def frame_graph_edges(group: Tensor, num_groups: int) -> Tensor:
+    """Edge index of a graph that is fully connected (self loops included) within each group.
+
+    Args:
+        group: (V,) group id of each node, sorted ascending (nodes of a group are contiguous).
+        num_groups: number of groups G (ids in ``[0, G)``; empty groups allowed).
+
+    Returns:
+        (2, E) long, ``E = sum_g count_g ** 2``, row 0 the source node, row 1 the target node.
+    """
+    counts = torch.bincount(group, minlength=num_groups)  # (G,)
+    starts = torch.cumsum(counts, 0) - counts  # (G,) first node of each group
+    degree = counts[group]  # (V,) every node talks to its whole group
+    num_edges = int(degree.sum())
+    src = torch.repeat_interleave(torch.arange(group.numel(), device=group.device), degree,
+                                  output_size=num_edges)  # (E,)
+    first_edge = torch.cumsum(degree, 0) - degree  # (V,) first edge of each source node
+    offset = torch.arange(num_edges, device=group.device) - first_edge[src]  # (E,) 0..deg-1
+    dst = starts[group[src]] + offset  # (E,)
+    return torch.stack([src, dst])
+
+
+class _GraphBlock(nn.Module):
+    """GATv2Conv + residual + LayerNorm: ``x <- LN(x + dropout(GELU(GAT(x))))``."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float) -> None:
+        super().__init__()
+        # self loops come from frame_graph_edges, so the conv must not add (or remove) them again
+        self.conv = GATv2Conv(hidden, hidden // heads, heads=heads, concat=True,
+                              dropout=attention_dropout, add_self_loops=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # (V, H), (2, E) -> (V, H)
+        return self.norm(x + self.dropout(F.gelu(self.conv(x, edge_index))))
+
+
+class _EventToken(nn.Module):
+    """A learned token that attends over every valid person-frame of its clip (multi-head).
+
+    Tokens of a clip are a ragged segment of a packed (V, H) tensor, so the softmax is a segment
+    softmax over clip ids: no padding, no loop over clips.
+    """
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(heads, hidden // heads) / math.sqrt(hidden // heads))
+        self.norm = nn.LayerNorm(hidden)
+        self.key_value = nn.Linear(hidden, 2 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, tokens: Tensor, clip: Tensor, num_clips: int) -> Tensor:
+        # tokens (V, H), clip (V,) -> (B, H)
+        V, H = tokens.shape
+        k, v = self.key_value(self.norm(tokens)).view(V, 2, self.heads, H // self.heads).unbind(1)
+        score = (k * self.query).sum(-1) / math.sqrt(H // self.heads)  # (V, heads)
+        alpha = segment_softmax(score, clip, num_nodes=num_clips)  # (V, heads)
+        ctx = tokens.new_zeros(num_clips, self.heads, H // self.heads)
+        ctx = ctx.index_add(0, clip, (alpha.unsqueeze(-1) * v).to(ctx.dtype))  # (B, heads, H/heads)
+        return self.out(ctx.reshape(num_clips, H))
+
+
+class _TimePooling(nn.Module):
+    """Multi-head attention pooling over a person's present frames; optional clip-context query."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(heads, hidden // heads))
+        self.context_query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, present: Tensor, context: Tensor | None) -> Tensor:
+        # x (P, T, H), present (P, T) bool with >= 1 True per row, context (P, H) or None -> (P, H)
+        P, T, H = x.shape
+        d = H // self.heads
+        q = self.query.expand(P, -1, -1)  # (P, heads, d)
+        if context is not None:
+            q = q + self.context_query(context).view(P, self.heads, d)
+        k = self.key(x).view(P, T, self.heads, d)
+        v = self.value(x).view(P, T, self.heads, d)
+        score = torch.einsum("phd,pthd->pth", q, k) / math.sqrt(d)  # (P, T, heads)
+        score = score.masked_fill(~present.unsqueeze(-1), float("-inf"))
+        alpha = score.softmax(dim=1)  # (P, T, heads)
+        return self.out(torch.einsum("pth,pthd->phd", alpha, v).reshape(P, H))
+
+
+class _RelationHead(nn.Module):
+    """Scores each person against the other valid persons of its clip.
+
+    Each person attends over the others (itself and padding masked out) plus a learned "nobody
+    else" token, so a clip with one person is well defined. Returns the relation score and the
+    gate that mixes it with the self score.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key_value = nn.Linear(hidden, 2 * hidden)
+        self.null_key_value = nn.Parameter(torch.zeros(2, hidden))
+        self.out = nn.Linear(hidden, hidden)
+        self.score = nn.Sequential(
+            nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+        self.gate = nn.Linear(2 * hidden, 1)
+
+    def forward(self, z: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        # z (B, M, H), valid (B, M) bool -> relation score (B, M), gate in (0, 1) (B, M)
+        B, M, H = z.shape
+        d = H // self.heads
+        q = self.query(z).view(B, M, self.heads, d)
+        k, v = self.key_value(z).view(B, M, 2, self.heads, d).unbind(2)  # (B, M, heads, d) each
+        null_k, null_v = self.null_key_value.view(2, 1, 1, self.heads, d).expand(2, B, 1, -1, -1)
+        k = torch.cat([k, null_k], 1)  # (B, M + 1, heads, d)
+        v = torch.cat([v, null_v], 1)
+        score = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d)  # (B, heads, M, M + 1)
+        others = valid.unsqueeze(1) & ~torch.eye(M, dtype=torch.bool, device=z.device)  # (B, M, M)
+        allowed = torch.cat([others, others.new_ones(B, M, 1)], 2)  # (B, M, M + 1)
+        score = score.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        ctx = torch.einsum("bhij,bjhd->bihd", score.softmax(-1), v).reshape(B, M, H)
+        ctx = self.out(ctx)
+        relation = self.score(torch.cat([z, ctx, z - ctx], -1)).squeeze(-1)  # (B, M)
+        gate = torch.sigmoid(self.gate(torch.cat([z, ctx], -1))).squeeze(-1)  # (B, M)
+        return relation, gate
+
+
+class ImportanceRanker(nn.Module):
+    r"""Scores every person slot of a clip by importance; higher is more important.
+
+    Pipeline (all on packed valid entries, see the module docstring):
+
+    1. fusion: per family ``LayerNorm -> Linear(D_name, H)``, summed (or concatenated and
+       projected, ``config.fusion``), then GELU + LayerNorm;
+    2. ``config.gat_layers`` GATv2 blocks (``torch_geometric.nn.GATv2Conv``,
+       ``config.gat_heads`` heads, residual + LayerNorm) over the persons of each frame;
+    3. learned frame embedding + ``nn.TransformerEncoder`` (pre-norm, ``config.temporal_layers``
+       x ``config.temporal_heads``) over each person's frames, absent frames key-padded;
+    4. event token (``config.event_token``): a learned token attends over all person-frames of
+       the clip; its output is added to every person-frame and conditions the pooling query;
+       multi-head attention pooling over the person's present frames;
+    5. self score (MLP); with ``config.dual_head`` also a relation score (attention over the other
+       persons of the clip) and a sigmoid gate: ``logit = g * self + (1 - g) * relation``.
+
+    Args:
+        config: hyper-parameters (default: ``RankerConfig()``).
+        feature_dims: family name -> per person-frame feature size, e.g.
+            ``{"appearance": 768, "geometry": 18}``. Multi-dimensional families (pose ``(K, 3)``)
+            are flattened by the caller.
+
+    Shapes:
+        - **input:** ``features[name]`` :math:`(B, T, N, D_{name})` float (float16 allowed; cast
+          to the parameter dtype), ``person_mask`` :math:`(B, T, N)` bool.
+        - **output:** logits :math:`(B, N)` float32. Slots valid in no frame of the clip get
+          :data:`INVALID_LOGIT` (``-inf``). Values of ``features`` at invalid person-frames are
+          never read.
+
+    ``features`` must hold every family of ``feature_dims``; extra keys are ignored. ``T`` may
+    change between calls up to ``config.max_frames``; ``N`` may change freely.
+
+    Example::
+
+        >>> model = ImportanceRanker(RankerConfig(hidden=32), {"geometry": 18}).eval()
+        >>> mask = torch.rand(2, 10, 5) < 0.7
+        >>> model({"geometry": torch.randn(2, 10, 5, 18)}, mask).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, config: RankerConfig | None = None, feature_dims: dict[str, int] | None = None) -> None:
+        super().__init__()
+        config = RankerConfig() if config is None else config
+        if not feature_dims:
+            raise ValueError("ImportanceRanker needs feature_dims, e.g. {'geometry': 18}; got none")
+        bad = {k: v for k, v in feature_dims.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+        if bad:
+            raise ValueError(f"feature_dims values must be positive ints, got {bad}")
+        self.config = config
+        self.feature_dims = dict(sorted(feature_dims.items()))  # fixed order: sum/concat is stable
+        H = config.hidden
+
+        self.input_norms = nn.ModuleDict({k: nn.LayerNorm(d) for k, d in self.feature_dims.items()})
+        if config.fusion == "sum":
+            self.input_projs = nn.ModuleDict({k: nn.Linear(d, H) for k, d in self.feature_dims.items()})
+            self.fuse = nn.Identity()
+        else:
+            self.input_projs = nn.ModuleDict()
+            self.fuse = nn.Linear(sum(self.feature_dims.values()), H)
+        self.fuse_norm = nn.LayerNorm(H)
+        self.dropout = nn.Dropout(config.dropout)
+
+        self.graph = nn.ModuleList(
+            _GraphBlock(H, config.gat_heads, config.dropout, config.attention_dropout)
+            for _ in range(config.gat_layers)
+        )
+
+        self.frame_embedding = nn.Embedding(config.max_frames, H)
+        nn.init.normal_(self.frame_embedding.weight, std=0.02)
+        if config.temporal_layers > 0:
+            layer = nn.TransformerEncoderLayer(
+                H, config.temporal_heads, dim_feedforward=config.ff_mult * H, dropout=config.dropout,
+                activation="gelu", batch_first=True, norm_first=True,
+            )
+            self.temporal = nn.TransformerEncoder(layer, config.temporal_layers,
+                                                  norm=nn.LayerNorm(H), enable_nested_tensor=False)
+        else:
+            self.temporal = None
+
+        if config.event_token:
+            self.event = _EventToken(H, config.event_heads)
+            self.event_to_tokens = nn.Linear(H, H)
+            self.token_norm = nn.LayerNorm(H)
+        else:
+            self.event = None
+        self.pool = _TimePooling(H, config.pool_heads)
+        self.person_norm = nn.LayerNorm(H)
+
+        self.self_head = nn.Sequential(
+            nn.Linear(H, H), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(H, 1)
+        )
+        self.relation = _RelationHead(H, config.relation_heads, config.dropout) if config.dual_head else None
+
+    def forward(self, features: dict[str, Tensor], person_mask: Tensor) -> Tensor:
+        if person_mask.dim() != 3:
+            raise ValueError(f"person_mask must be (B, T, N), got shape {tuple(person_mask.shape)}")
+        B, T, N = person_mask.shape
+        if T > self.config.max_frames:
+            raise ValueError(
+                f"Cannot rank a clip of {T} frames, max_frames is only {self.config.max_frames}: "
+                "raise RankerConfig.max_frames or subsample frames"
+            )
+        missing = [k for k in self.feature_dims if k not in features]
+        if missing:
+            raise KeyError(f"features lacks {missing}; the model was built for {list(self.feature_dims)}")
+        for name, dim in self.feature_dims.items():
+            if tuple(features[name].shape) != (B, T, N, dim):
+                raise ValueError(
+                    f"features[{name!r}] has shape {tuple(features[name].shape)}, "
+                    f"expected (B, T, N, {dim}) = {(B, T, N, dim)} from person_mask"
+                )
+        mask = person_mask.to(torch.bool)
+        device = mask.device
+        dtype = self.frame_embedding.weight.dtype
+        logits = torch.full((B, N), INVALID_LOGIT, dtype=torch.float32, device=device)
+
+        # -- nodes: the valid person-frames, in (b, t, n) order --------------------------------
+        node_b, node_t, node_n = mask.nonzero(as_tuple=True)  # (V,) each
+        if node_b.numel() == 0:
+            return logits
+        x = self._fuse({k: features[k][node_b, node_t, node_n] for k in self.feature_dims}, dtype)
+
+        # -- 2. GATv2 over the persons of each (clip, frame) -----------------------------------
+        if len(self.graph):
+            edge_index = frame_graph_edges(node_b * T + node_t, B * T)  # (2, E)
+            for block in self.graph:
+                x = block(x, edge_index)  # (V, H)
+
+        # -- 3. temporal Transformer over the persons present in at least one frame ------------
+        person_valid = mask.any(1)  # (B, N)
+        person_id = torch.cumsum(person_valid.flatten(), 0).view(B, N) - 1  # (B, N), -1 unused
+        P = int(person_valid.sum())
+        person_b = person_valid.nonzero(as_tuple=True)[0]  # (P,)
+        present = mask.transpose(1, 2)[person_valid]  # (P, T) frames each person is in
+        node_p = person_id[node_b, node_n]  # (V,)
+        H = x.shape[-1]
+        seq = x.new_zeros(P * T, H).index_copy(0, node_p * T + node_t, x).view(P, T, H)
+        seq = seq + self.frame_embedding.weight[:T]  # (P, T, H)
+        if self.temporal is not None:
+            seq = self.temporal(seq, src_key_padding_mask=~present)  # (P, T, H)
+
+        # -- 4. event token (clip context) + attention pooling over time -----------------------
+        context = None
+        if self.event is not None:
+            event = self.event(seq[node_p, node_t], node_b, B)  # (B, H)
+            context = event[person_b]  # (P, H)
+            seq = self.token_norm(seq + self.event_to_tokens(context).unsqueeze(1))
+        z = self.person_norm(self.pool(seq, present, context))  # (P, H)
+
+        # -- 5. dual head ---------------------------------------------------------------------
+        score = self.self_head(z).squeeze(-1)  # (P,)
+        if self.relation is not None:
+            rank_in_clip = torch.cumsum(person_valid.long(), 1) - 1  # (B, N)
+            person_slot = rank_in_clip[person_valid]  # (P,) column in the packed (B, M) layout
+            M = int(person_valid.sum(1).max())
+            packed = z.new_zeros(B * M, H).index_copy(0, person_b * M + person_slot, z).view(B, M, H)
+            packed_valid = torch.arange(M, device=device) < person_valid.sum(1, keepdim=True)  # (B, M)
+            relation, gate = self.relation(packed, packed_valid)  # (B, M) each
+            relation = relation[person_b, person_slot]  # (P,)
+            gate = gate[person_b, person_slot]
+            score = gate * score + (1 - gate) * relation
+        # persons are in (b, n) row-major order, the same order masked_scatter fills
+        return logits.masked_scatter(person_valid, score.float())
+
+    def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
+        # features[name] (V, D_name) -> (V, H)
+        normed = {k: self.input_norms[k](v.to(dtype)) for k, v in features.items()}
+        if self.config.fusion == "sum":
+            x = sum(self.input_projs[k](v) for k, v in normed.items())
+        else:
+            x = self.fuse(torch.cat([normed[k] for k in self.feature_dims], -1))
+        return self.dropout(self.fuse_norm(F.gelu(x)))
+
+    def extra_repr(self) -> str:
+        return f"feature_dims={self.feature_dims}"

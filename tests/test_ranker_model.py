@@ -1,0 +1,234 @@
+"""ImportanceRanker and ranking_loss on tiny inputs: shapes, masking, invariances, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from msgvip.ranker.losses import ranking_loss, ranking_loss_terms
+from msgvip.ranker.model import INVALID_LOGIT, ImportanceRanker, RankerConfig, frame_graph_edges
+
+DIMS = {"appearance": 12, "geometry": 5}
+TINY = RankerConfig(hidden=32, temporal_heads=4, ff_mult=2, max_frames=64, dropout=0.0)
+
+
+def make_model(config: RankerConfig = TINY, dims: dict[str, int] = DIMS) -> ImportanceRanker:
+    torch.manual_seed(0)
+    return ImportanceRanker(config, dims).eval()
+
+
+def make_batch(B: int = 3, T: int = 6, N: int = 5, p: float = 0.6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, T, N, generator=g) < p
+    mask[:, 0, 0] = True  # every clip has at least one person
+    features = {k: torch.randn(B, T, N, d, generator=g) for k, d in DIMS.items()}
+    return features, mask
+
+
+def garbage_like(x: torch.Tensor) -> torch.Tensor:
+    """Values a padded slot might hold: huge, NaN, inf."""
+    out = torch.randn_like(x) * 1e6
+    out.view(-1)[::7] = float("nan")
+    out.view(-1)[3::11] = float("inf")
+    return out
+
+
+def test_output_shape_and_dtype():
+    model = make_model()
+    features, mask = make_batch()
+    features["appearance"] = features["appearance"].half()  # float16 inputs are cast
+    with torch.no_grad():
+        logits = model(features, mask)
+    assert logits.shape == (3, 5)
+    assert logits.dtype == torch.float32
+    valid = mask.any(1)
+    assert torch.isfinite(logits[valid]).all()
+
+
+def test_invalid_slots_never_win():
+    model = make_model()
+    features, mask = make_batch(B=4, N=6)
+    mask[:, :, 2] = False  # slot 2 never valid anywhere
+    mask[1, :, 4] = False
+    features["geometry"][:, :, 2] = 1e4  # would dominate if read
+    with torch.no_grad():
+        logits = model(features, mask)
+    valid = mask.any(1)
+    assert (logits[~valid] == INVALID_LOGIT).all()
+    assert valid.gather(1, logits.argmax(1, keepdim=True)).all()
+
+
+def _permute_pad(features, mask, perm, extra_slots, extra_frames, seed=5):
+    """Permute slots, then append padded slots and padded frames full of garbage."""
+    B, T, N = mask.shape
+    g = torch.Generator().manual_seed(seed)
+    new_mask = torch.zeros(B, T + extra_frames, N + extra_slots, dtype=torch.bool)
+    new_mask[:, :T, :N] = mask[:, :, perm]
+    new_features = {}
+    for name, x in features.items():
+        junk = garbage_like(torch.empty(B, T + extra_frames, N + extra_slots, x.shape[-1]))
+        junk[:, :T, :N] = torch.where(
+            mask[:, :, perm, None], x[:, :, perm], torch.randn(x[:, :, perm].shape, generator=g) * 1e3
+        )
+        new_features[name] = junk
+    return new_features, new_mask
+
+
+@pytest.mark.parametrize("config", [TINY, RankerConfig(**{**TINY.to_dict(), "fusion": "concat",
+                                                          "event_token": False, "dual_head": False})])
+def test_permutation_and_padding_invariance(config):
+    model = make_model(config)
+    features, mask = make_batch(B=3, T=7, N=5, seed=2)
+    mask[2] = False
+    mask[2, :3, 1] = True  # clip 2: a single person, present in 3 frames
+    # garbage at the invalid person-frames of the original batch too
+    features = {k: torch.where(mask[..., None], v, garbage_like(v)) for k, v in features.items()}
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    features2, mask2 = _permute_pad(features, mask, perm, extra_slots=3, extra_frames=4)
+    with torch.no_grad():
+        a = model(features, mask)
+        b = model(features2, mask2)
+    valid = mask.any(1)
+    assert torch.equal(mask2.any(1)[:, :5], valid[:, perm])
+    assert (b[:, 5:] == INVALID_LOGIT).all()
+    torch.testing.assert_close(b[:, :5][valid[:, perm]], a[:, perm][valid[:, perm]], atol=1e-5, rtol=0)
+
+
+def test_clip_scores_do_not_depend_on_the_rest_of_the_batch():
+    model = make_model()
+    features, mask = make_batch(B=3, T=6, N=5, seed=4)
+    mask[0] = False
+    mask[0, :, :2] = True  # clip 0 has 2 persons, fewer than the others
+    mask[1] = True
+    with torch.no_grad():
+        together = model(features, mask)
+        for b in range(3):
+            alone = model({k: v[b:b + 1] for k, v in features.items()}, mask[b:b + 1])
+            torch.testing.assert_close(alone[0], together[b], atol=1e-5, rtol=0)
+
+
+def test_gradients_flow_to_every_parameter():
+    torch.manual_seed(0)
+    model = ImportanceRanker(TINY, DIMS).train()
+    features, mask = make_batch(B=4, T=5, N=4, seed=3)
+    features = {k: torch.where(mask[..., None], v, garbage_like(v)) for k, v in features.items()}
+    valid = mask.any(1)
+    target = valid.float().argmax(1)  # first valid slot
+    loss = ranking_loss(model(features, mask), target, valid)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_one_or_two_person_clips_and_empty_clip():
+    model = make_model()
+    features, mask = make_batch(B=4, T=4, N=6)
+    mask[0] = False
+    mask[0, 2, 3] = True  # one person in one frame
+    mask[1] = False
+    mask[1, :, 0] = True
+    mask[1, 1:, 5] = True  # two persons
+    mask[3] = False  # no person at all
+    with torch.no_grad():
+        logits = model(features, mask)
+    assert torch.isfinite(logits[0, 3]) and torch.isfinite(logits[1, [0, 5]]).all()
+    assert (logits[3] == INVALID_LOGIT).all()
+    assert torch.isinf(logits[0]).sum() == 5
+
+
+def test_all_empty_batch():
+    with torch.no_grad():
+        logits = make_model()(make_batch()[0], torch.zeros(3, 6, 5, dtype=torch.bool))
+    assert (logits == INVALID_LOGIT).all()
+
+
+def test_t_and_n_change_between_calls():
+    model = make_model()
+    for T, N in [(3, 2), (9, 7), (1, 1), (64, 4)]:
+        features, mask = make_batch(B=2, T=T, N=N, seed=T)
+        with torch.no_grad():
+            assert model(features, mask).shape == (2, N)
+    features, mask = make_batch(B=1, T=65, N=2)
+    with pytest.raises(ValueError, match="65 frames, max_frames is only 64"):
+        model(features, mask)
+
+
+def test_input_validation_and_config_checks():
+    model = make_model()
+    features, mask = make_batch()
+    with pytest.raises(KeyError, match="geometry"):
+        model({"appearance": features["appearance"]}, mask)
+    with pytest.raises(ValueError, match="appearance"):
+        model({**features, "appearance": features["appearance"][..., :3]}, mask)
+    with pytest.raises(ValueError, match="divisible"):
+        RankerConfig(hidden=30, gat_heads=4)
+    with pytest.raises(TypeError, match="hidden"):
+        RankerConfig(hidden=32.0)
+    with pytest.raises(TypeError):
+        RankerConfig(hiden=32)  # unknown key
+    assert RankerConfig(**TINY.to_dict()) == TINY
+
+
+def test_frame_graph_edges_blocks():
+    edges = frame_graph_edges(torch.tensor([0, 0, 2, 2, 2]), 4)
+    pairs = set(map(tuple, edges.t().tolist()))
+    assert pairs == {(i, j) for i in (0, 1) for j in (0, 1)} | {(i, j) for i in (2, 3, 4) for j in (2, 3, 4)}
+    assert edges.shape == (2, 13)
+
+
+# -- ranking_loss -------------------------------------------------------------------------
+
+
+def test_loss_ignores_invalid_slots_values_and_gradients():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5)
+    valid = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    target = torch.tensor([3, 1, 0])
+    a = logits.clone().requires_grad_()
+    loss_a = ranking_loss(a, target, valid, margin=0.5, pairwise_weight=0.7)
+    loss_a.backward()
+    b = torch.where(valid, logits, garbage_like(logits)).requires_grad_()
+    loss_b = ranking_loss(b, target, valid, margin=0.5, pairwise_weight=0.7)
+    loss_b.backward()
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(a.grad, b.grad)
+    assert (b.grad[~valid] == 0).all()
+
+
+def test_loss_values_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 9.0], [0.0, 1.5, -1.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    target = torch.tensor([0, 1])
+    terms = ranking_loss_terms(logits, target, valid, margin=1.0, pairwise_weight=2.0)
+    ce0 = math.log(1 + math.exp(-2.0))
+    ce1 = -(1.5 - math.log(math.exp(0) + math.exp(1.5) + math.exp(-1)))
+    pair0 = 0.0  # 2 - 0 >= margin
+    pair1 = (max(0, 1 - 1.5) + max(0, 1 - 2.5)) / 2  # both beyond the margin -> 0
+    assert terms.ce.item() == pytest.approx((ce0 + ce1) / 2, abs=1e-6)
+    assert terms.pairwise.item() == pytest.approx((pair0 + pair1) / 2, abs=1e-6)
+    low = ranking_loss_terms(torch.tensor([[0.2, 0.0, 0.5]]), torch.tensor([0]),
+                             torch.tensor([[True, True, True]]), margin=1.0)
+    assert low.pairwise.item() == pytest.approx(((1 - 0.2) + (1 + 0.3)) / 2, abs=1e-6)
+    assert terms.total.item() == pytest.approx(terms.ce.item() + 2 * terms.pairwise.item(), abs=1e-6)
+
+
+def test_loss_skips_unlabeled_clips_and_handles_none():
+    logits = torch.randn(3, 4, requires_grad=True)
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    full = ranking_loss(logits, torch.tensor([1, -1, 2]), valid)
+    part = ranking_loss(logits[[0, 2]], torch.tensor([1, 2]), valid[[0, 2]])
+    assert full.item() == pytest.approx(part.item(), abs=1e-6)
+    none = ranking_loss(logits, torch.tensor([-1, -1, -1]), valid)
+    none.backward()
+    assert none.item() == 0.0 and (logits.grad == 0).all()
+
+
+def test_loss_rejects_target_on_invalid_slot():
+    valid = torch.tensor([[True, False]])
+    with pytest.raises(ValueError, match="not a valid person in clips \\[0\\]"):
+        ranking_loss(torch.zeros(1, 2), torch.tensor([1]), valid)

@@ -1,0 +1,124 @@
+"""Training from a store: slot permutation, streaming, exact resume, DDP, evaluate/predict CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import save_clip, tiny_clip
+
+from msgvip.cli import main
+from msgvip.pipelines import run_extract
+from msgvip.ranker import RankerConfig, StoreDataset, TrainConfig, train
+from msgvip.store import FeatureStore
+
+SMALL_MODEL = RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2, ff_mult=2)
+SMALL_TOML = "[model]\nhidden = 16\ngat_heads = 2\ntemporal_heads = 2\nevent_heads = 2\npool_heads = 2\nrelation_heads = 2\nff_mult = 2\n"
+
+
+@pytest.fixture
+def store(tmp_path, cache_dir) -> FeatureStore:
+    data = tmp_path / "data"
+    for i in range(16):
+        save_clip(data / ("train" if i < 12 else "val") / f"clip_{i:02d}.npz", tiny_clip(seed=i, slots=5, people=2 + i % 3))
+    return FeatureStore.open(Path(run_extract(data, cache_dir=cache_dir, progress=False).store))
+
+
+def test_slot_permutation_moves_target_with_its_person(store):
+    data = StoreDataset(store, "train", in_memory="yes")
+    plain = next(data.batches(12))
+    permuted = next(data.batches(12, permute_slots=True, seed=3))
+    assert not torch.equal(permuted.slot_order, plain.slot_order)
+    for b in range(12):
+        order = permuted.slot_order[b]
+        np.testing.assert_array_equal(permuted.features["geometry"][b], plain.features["geometry"][b][:, order])
+        np.testing.assert_array_equal(permuted.person_mask[b], plain.person_mask[b][:, order])
+        assert order[permuted.target[b]] == plain.target[b]
+
+
+def test_streaming_and_in_memory_give_the_same_batches(store):
+    ram = list(StoreDataset(store, "train", in_memory="yes").batches(5, shuffle=True, permute_slots=True, seed=1))
+    disk = list(StoreDataset(store, "train", in_memory="no").batches(5, shuffle=True, permute_slots=True, seed=1, prefetch=2))
+    assert len(ram) == len(disk) == 3
+    for a, b in zip(ram, disk):
+        assert torch.equal(a.index, b.index) and torch.equal(a.target, b.target)
+        assert torch.equal(a.features["geometry"], b.features["geometry"]) and torch.equal(a.person_mask, b.person_mask)
+
+
+def test_ranks_split_the_clips(store):
+    data = StoreDataset(store, "train")
+    seen = [torch.cat([b.index for b in data.batches(2, shuffle=True, seed=0, rank=r, world_size=2)]) for r in range(2)]
+    assert sorted(torch.cat(seen).tolist()) == list(range(12))
+
+
+def test_resume_matches_an_uninterrupted_run(store, tmp_path):
+    config = TrainConfig(epochs=4, batch_size=4, seed=7, patience=100)
+    whole = train(store, tmp_path / "whole", config, SMALL_MODEL, progress=False)
+    first = train(store, tmp_path / "resumed", config, SMALL_MODEL, progress=False, max_epochs_this_call=2)
+    assert first.epochs_run == 2 and not (tmp_path / "resumed" / "predictions.csv").exists()
+    resumed = train(store, tmp_path / "resumed", config, SMALL_MODEL, progress=False, resume=True)
+    assert resumed.epochs_run == whole.epochs_run == 4
+
+    def metrics(run):
+        with open(tmp_path / run / "metrics.csv") as f:
+            return [{k: v for k, v in row.items() if k not in ("seconds", "data_wait_fraction")} for row in csv.DictReader(f)]
+
+    assert metrics("resumed") == metrics("whole")
+    assert (tmp_path / "resumed" / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "latest.pt", "predictions.csv"):
+        assert (tmp_path / "whole" / name).stat().st_size > 0
+    state = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    assert state["fingerprint"] == store.fingerprint and {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
+
+
+def test_train_evaluate_predict_cli(store, tmp_path, cache_dir):
+    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--store", store.fingerprint[:8], "--out", str(run_dir), "--epochs", "2", "--config", str(tmp_path / "small.toml")])
+    assert result.exit_code == 0, result.output
+    assert "largest_box" in result.output and "most_central" in result.output
+    evaluation = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "val", "--json"])
+    assert evaluation.exit_code == 0, evaluation.output
+    record = json.loads(evaluation.stdout)
+    assert record["clips"] == 4 and {"model", "largest_box", "most_central"} <= set(record)
+    assert set(record["model"]) >= {"rank@1", "rank@2", "rank@3", "mrr", "map", "by_persons"}
+    out = tmp_path / "ranking.csv"
+    predicted = CliRunner().invoke(main, ["predict", str(run_dir), str(tmp_path / "data"), "--out", str(out)])
+    assert predicted.exit_code == 0, predicted.output
+    rows = list(csv.DictReader(open(out)))
+    assert len({r["clip_id"] for r in rows}) == 16 and {r["rank"] for r in rows} >= {"1", "2"}
+    bad = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "nope"])
+    assert bad.exit_code == 1 and "no clips in split 'nope'" in bad.output
+
+
+def test_config_file_errors(store, tmp_path):
+    for text, words in [("[train]\nbogus = 1\n", "unknown TrainConfig keys ['bogus']"), ("[train]\nepochs = 'ten'\n", "epochs must be int"), ("[extra]\n", "unknown sections")]:
+        (tmp_path / "c.toml").write_text(text)
+        result = CliRunner().invoke(main, ["train", "--store", store.fingerprint, "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")])
+        assert result.exit_code == 1 and words in result.output, result.output
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
+def test_ddp_two_cpu_processes_train_one_epoch(store, tmp_path, cache_dir):
+    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    run_dir = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MSGVIP_CACHE": str(cache_dir)}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "msgvip", "train", "--store", store.fingerprint,
+         "--out", str(run_dir), "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--config", str(tmp_path / "small.toml")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert (run_dir / "best.pt").exists() and (run_dir / "predictions.csv").exists()
+    assert len(list(csv.DictReader(open(run_dir / "metrics.csv")))) == 1
+    assert proc.stdout.count("run: ") == 1  # only rank 0 reports and writes
