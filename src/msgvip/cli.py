@@ -79,6 +79,21 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 
 
 @main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"))
+@user_errors
+def demo(out: Path) -> None:
+    """Run the whole chain on synthetic clips under OUT: demo data, extraction, training,
+    evaluation against the heuristic baselines."""
+    from .pipelines.demo import run_demo
+
+    result = run_demo(out)
+    click.echo(f"\ntest split, {result.test['clips']} clips:")
+    _print_metrics_table(result.test)
+    click.echo(f"\ndone in {result.seconds:.0f} s: clips in {out / 'data'}, store {result.extract.store}, run in {result.run_dir}")
+    click.echo(f"next: msgvip cache ls --cache-dir {out / 'cache'}   |   msgvip evaluate {result.run_dir} --split val")
+
+
+@main.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--features", default="geometry", show_default=True, help="Comma-separated feature families.")
 @cache_dir_option

@@ -1,0 +1,213 @@
+"""The synthetic clip generator: exact format, determinism, variety, drawn people, and cues that a
+geometry model can learn while the box-size and centrality heuristics stay near chance."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msgvip.data import read_clip
+from msgvip.data.synthetic import DemoDataConfig, generate_clip, split_of, write_demo_data
+
+SMALL = DemoDataConfig(clips=12, frames=16, persons=6, height=64, width=112, seed=3)
+FIELDS = {"frames", "bboxes", "person_ids", "frame_mask", "person_mask", "target_index", "original_ids", "video_id", "scene_category"}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("demo")
+    summary = write_demo_data(out, SMALL)
+    paths = sorted(out.glob("*/*.npz"))
+    assert sum(summary.clips_per_split.values()) == len(paths) == SMALL.clips
+    return out, paths
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as fields:
+        return {name: fields[name] for name in fields.files}
+
+
+def digest(clip: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(clip):
+        h.update(name.encode() + str(clip[name].dtype).encode() + str(clip[name].shape).encode() + clip[name].tobytes())
+    return h.hexdigest()
+
+
+def test_fields_shapes_and_dtypes(written: tuple[Path, list[Path]]) -> None:
+    t, n, height, width = SMALL.frames, SMALL.persons, SMALL.height, SMALL.width
+    for path in written[1]:
+        clip = load(path)
+        assert set(clip) == FIELDS
+        assert clip["frames"].shape == (t, height, width, 3) and clip["frames"].dtype == np.uint8
+        assert clip["bboxes"].shape == (t, n, 4) and clip["bboxes"].dtype == np.float32
+        assert clip["person_ids"].shape == (t, n) and clip["person_ids"].dtype == np.int32
+        assert clip["frame_mask"].shape == (t,) and clip["frame_mask"].dtype == np.bool_
+        assert clip["person_mask"].shape == (t, n) and clip["person_mask"].dtype == np.bool_
+        assert clip["target_index"].shape == () and clip["target_index"].dtype == np.int64
+        assert clip["original_ids"].shape == (n,) and clip["original_ids"].dtype == np.int32
+        assert clip["video_id"].shape == () and clip["video_id"].dtype.kind == "U"
+        assert clip["scene_category"].shape == () and clip["scene_category"].dtype.kind == "U"
+        assert clip["video_id"].item() == f"demo_{int(path.stem.split('_')[1]):05d}"
+        assert clip["scene_category"].item() in {f"{i:02d}" for i in range(1, 12)}
+
+
+def test_masks_ids_and_target_agree(written: tuple[Path, list[Path]]) -> None:
+    for path in written[1]:
+        clip = load(path)
+        mask, ids, boxes = clip["person_mask"], clip["person_ids"], clip["bboxes"]
+        assert not mask[~clip["frame_mask"]].any(), "padding frames hold nobody"
+        assert not clip["frames"][~clip["frame_mask"]].any(), "padding frames are blank"
+        assert (boxes[~mask] == 0).all() and (ids[~mask] == -1).all()
+        used = mask.any(0)
+        assert (clip["original_ids"][~used] == -1).all() and (clip["original_ids"][used] >= 0).all()
+        assert (ids == np.where(mask, clip["original_ids"][None, :], -1)).all()
+        assert len(set(clip["original_ids"][used].tolist())) == used.sum()
+        assert ((boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1]))[mask].all()
+        target = int(clip["target_index"])
+        assert mask[:, target].sum() >= 0.7 * clip["frame_mask"].sum(), "the target is there most of the clip"
+
+
+def test_the_reader_accepts_every_clip(written: tuple[Path, list[Path]]) -> None:
+    for path in written[1]:
+        clip = read_clip(path)
+        assert clip.target == int(load(path)["target_index"])
+        assert clip.person_mask.sum() == load(path)["person_mask"].sum()
+
+
+def test_deterministic_per_seed_and_index() -> None:
+    first, again = generate_clip(4, SMALL), generate_clip(4, SMALL)
+    assert digest(first) == digest(again)
+    other_seed = generate_clip(4, replace(SMALL, seed=SMALL.seed + 1))
+    assert not np.array_equal(first["frames"], other_seed["frames"])
+    assert not np.array_equal(first["bboxes"], other_seed["bboxes"])
+    # clip i does not depend on how many clips are made
+    assert digest(generate_clip(4, replace(SMALL, clips=1000))) == digest(first)
+    assert digest(generate_clip(5, SMALL)) != digest(first)
+
+
+def test_same_clip_in_another_process(written: tuple[Path, list[Path]]) -> None:
+    script = (
+        "from msgvip.data.synthetic import DemoDataConfig, generate_clip; import numpy as np, sys;"
+        f"c = generate_clip(7, DemoDataConfig(**{asdict(SMALL)!r})); np.savez(sys.argv[1], **c)"
+    )
+    path = written[0] / "other_process.npz"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert digest(load(path)) == digest(generate_clip(7, SMALL))
+    written_clip = next(p for p in written[1] if p.stem == "clip_00007")
+    assert digest(load(written_clip)) == digest(generate_clip(7, SMALL))
+
+
+def test_clips_vary() -> None:
+    config = DemoDataConfig(frames=16, persons=8, height=64, width=112)
+    clips = [generate_clip(i, config) for i in range(40)]
+    people = [int(c["person_mask"].any(0).sum()) for c in clips]
+    assert min(people) == 2 and max(people) == 8 and len(set(people)) >= 5
+    # slots are spread: the people do not always sit in the first slots
+    assert any(c["person_mask"].any(0)[people[i] :].any() for i, c in enumerate(clips))
+    assert len({int(c["target_index"]) for c in clips}) >= 6
+    # some people arrive late or leave early; some clips end with padding frames
+    partial = sum(int((c["person_mask"][c["frame_mask"]].any(0) & ~c["person_mask"][c["frame_mask"]].all(0)).sum()) for c in clips)
+    assert partial >= 10
+    assert 2 <= sum(not c["frame_mask"].all() for c in clips) <= 25
+
+
+def test_splits_follow_the_fractions(tmp_path: Path) -> None:
+    config = DemoDataConfig(clips=10, frames=4, persons=2, height=32, width=32, seed=9)
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    names = [split_of(i, config) for i in range(2000)]
+    for name, fraction in fractions.items():
+        assert abs(names.count(name) / len(names) - fraction) < 0.02
+    # even ten clips get every split, and files land where split_of says
+    summary = write_demo_data(tmp_path, config, progress=True)
+    assert all(summary.clips_per_split[name] >= 1 for name in fractions)
+    for i in range(config.clips):
+        assert (tmp_path / split_of(i, config) / f"clip_{i:05d}.npz").is_file()
+    assert summary.out == tmp_path and summary.seconds > 0
+
+
+def test_frames_are_drawn_people_not_noise() -> None:
+    config = DemoDataConfig(frames=8, height=96, width=160)
+    for index in range(4):
+        clip = generate_clip(index, config)
+        frames = clip["frames"][clip["frame_mask"]].astype(np.int16)
+        # flat colours: neighbouring pixels are mostly equal (random noise would differ by ~85)
+        assert np.abs(np.diff(frames, axis=2)).mean() < 6
+        assert (np.diff(frames, axis=2) == 0).all(-1).mean() > 0.8
+        for f, frame in enumerate(frames):
+            colours = frame.reshape(-1, 3)
+            # the background (everything outside the boxes, with a 2-pixel margin) has few colours
+            outside = np.ones(frame.shape[:2], bool)
+            for x1, y1, x2, y2 in clip["bboxes"][f][clip["person_mask"][f]]:
+                outside[max(int(y1) - 2, 0) : int(y2) + 3, max(int(x1) - 2, 0) : int(x2) + 3] = False
+            background = np.unique(colours[outside.ravel()], axis=0)
+            assert len(background) <= 6
+            # ... and every box is largely covered by colours that are not background
+            for x1, y1, x2, y2 in clip["bboxes"][f][clip["person_mask"][f]]:
+                box = frame[max(int(y1), 0) : int(y2), max(int(x1), 0) : int(x2)].reshape(-1, 3)
+                figure = ~(box[:, None, :] == background[None]).all(-1).any(1)
+                assert figure.mean() > 0.3
+
+
+def _rank_scores(clip: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+    """Per-slot scores over the valid frames (higher = more likely the target), invalid slots -inf."""
+    boxes, mask = clip["bboxes"].astype(np.float64), clip["person_mask"]
+    count = np.maximum(mask.sum(0), 1)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    off_centre = np.hypot(centre[..., 0] - width / 2, centre[..., 1] - height / 2)
+
+    # relational: how fast the others move toward this person, averaged over frames and others
+    velocity = centre[1:] - centre[:-1]
+    moving = mask[1:] & mask[:-1]
+    offset = centre[1:, :, None] - centre[1:, None, :]  # [t, i, j] = centre_i - centre_j
+    unit = offset / np.maximum(np.linalg.norm(offset, axis=-1, keepdims=True), 1e-6)
+    toward = (unit * velocity[:, None]).sum(-1)  # [t, i, j]: speed of j toward i
+    pairs = mask[1:, :, None] & moving[:, None, :] & ~np.eye(mask.shape[1], dtype=bool)
+    approach = (toward * pairs).sum((0, 2)) / np.maximum(pairs.sum((0, 2)), 1)
+
+    # temporal: how much this person's box height changes frame to frame, relative to its height
+    height_px = boxes[..., 3] - boxes[..., 1]
+    change = (np.abs(np.diff(height_px, axis=0)) * moving).sum(0) / np.maximum(moving.sum(0), 1)
+    gesture = change / np.maximum((height_px * mask).sum(0) / count, 1)
+
+    valid = mask.any(0)
+    scores = {
+        "largest box": (area * mask).sum(0) / count,
+        "most central": -(off_centre * mask).sum(0) / count,
+        "approach cue": approach,
+        "gesture cue": gesture,
+        "approach + gesture": approach / 0.5 + gesture / 0.05,  # both scaled to about 1 for the target
+    }
+    return {name: np.where(valid, score, -np.inf) for name, score in scores.items()}
+
+
+def test_heuristics_stay_low_and_geometry_cues_find_the_target() -> None:
+    config = DemoDataConfig(frames=24, persons=8, height=96, width=160, seed=11)
+    clips = [generate_clip(i, config) for i in range(200)]
+    hits: dict[str, int] = {}
+    for clip in clips:
+        for name, score in _rank_scores(clip, config.height, config.width).items():
+            hits[name] = hits.get(name, 0) + int(np.argmax(score) == int(clip["target_index"]))
+    accuracy = {name: hit / len(clips) for name, hit in hits.items()}
+    chance = np.mean([1 / c["person_mask"].any(0).sum() for c in clips])
+    print(f"top-1 over {len(clips)} clips (chance {chance:.2f}): " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    assert accuracy["largest box"] < 0.45 and accuracy["most central"] < 0.45
+    assert accuracy["approach + gesture"] > 0.6
+    assert accuracy["approach + gesture"] > max(accuracy["largest box"], accuracy["most central"]) + 0.25
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="persons"):
+        DemoDataConfig(persons=1)
+    with pytest.raises(ValueError, match="frames"):
+        DemoDataConfig(frames=2)
+    with pytest.raises(ValueError, match="splits"):
+        DemoDataConfig(splits=())
