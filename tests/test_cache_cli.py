@@ -81,12 +81,15 @@ def test_verify_names_the_bad_clip(tiny_data, cache_dir):
     summary = extract(tiny_data)
     store = FeatureStore.open(summary["store"])
     victim = store.entries_for("val")[0]
-    chunk = store.path / ZARR_DIR / "geometry" / "c" / str(victim.row) / "0" / "0" / "0"
+    chunk_index = victim.row // store.rows_per_chunk
+    chunk = store.path / ZARR_DIR / "geometry" / "c" / str(chunk_index) / "0" / "0" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     chunk.write_bytes(bytes(raw))
     result = run("cache", "verify", summary["fingerprint"], code=1)
-    assert f"BAD {victim.clip_id}" in result.output and "1 bad" in result.output
+    sharing = [e for e in store.entries_for() if e.row // store.rows_per_chunk == chunk_index]
+    assert f"BAD {victim.clip_id}" in result.output and f"{len(sharing)} bad" in result.output
+    assert all(f"BAD {e.clip_id}" in result.output for e in sharing)  # every clip of the damaged chunk
 
 
 def test_gc_policies_pins_leases_and_dry_run(tmp_path, tiny_data, cache_dir):

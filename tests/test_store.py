@@ -38,16 +38,15 @@ def new_store(tmp_path) -> FeatureStore:
 def test_roundtrip_with_growing_frames_and_persons(tmp_path):
     store = new_store(tmp_path)
     shapes = [(4, 3), (6, 2), (5, 7), (2, 1)]
-    for i, (t, n) in enumerate(shapes):
-        committed = store.write_clip(entry(i, t, n), features(i, t, n))
-        assert committed.row == i
+    rows = [store.write_clip(entry(i, t, n), features(i, t, n)).row for i, (t, n) in enumerate(shapes)]
+    assert rows == sorted(set(rows))
     reopened = FeatureStore.open(store.path)
     assert len(reopened) == 4
     for i, (t, n) in enumerate(shapes):
         got = reopened.read_clip(reopened.entries[f"{i:032x}"])
         for name, want in features(i, t, n).items():
             np.testing.assert_array_equal(got[name], want)
-    rows = reopened.read_rows(np.array([0, 2]))
+    rows = reopened.read_rows(np.array([rows[0], rows[2]]))
     assert rows["geometry"].shape == (2, 6, 7, 3)
     assert not rows["person_mask"][0, 4:].any() and not rows["person_mask"][0, :, 3:].any()  # padding is empty
 
@@ -55,15 +54,25 @@ def test_roundtrip_with_growing_frames_and_persons(tmp_path):
 def test_uncommitted_rows_are_invisible_and_torn_index_lines_are_dropped(tmp_path):
     store = new_store(tmp_path)
     store.write_clip(entry(0, 3, 2), features(0, 3, 2))
-    row, _, _ = store._reserve_row(3, 2)  # a writer that died after reserving, before committing
+    row, _, _, _ = store._reserve_block(3, 2)  # a writer that died after reserving, before committing
     with open(store.path / INDEX_FILE, "a") as f:
         f.write('{"content_hash": "dead')  # ... and one killed in the middle of its index line
     reader = FeatureStore.open(store.path)
-    assert list(reader.entries) == [f"{0:032x}"] and row == 1
+    assert list(reader.entries) == [f"{0:032x}"] and row == store.rows_per_chunk
     store.write_clip(entry(1, 3, 2), features(1, 3, 2))
     lines = (store.path / INDEX_FILE).read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line) for line in lines)
-    assert FeatureStore.open(store.path).entries[f"{1:032x}"].row == 2
+    assert FeatureStore.open(store.path).entries[f"{1:032x}"].row == 2 * store.rows_per_chunk
+
+
+def test_buffered_writer_fills_whole_chunks(tmp_path):
+    store = new_store(tmp_path)
+    with store.writer() as writer:
+        committed = [e for i in range(70) for e in writer.add(entry(i, 4, 3), features(i, 4, 3))]
+        assert len(committed) == 64 and len(writer.pending) == 6  # a chunk holds 64 of these rows
+    assert len(FeatureStore.open(store.path)) == 70 and store.rows_per_chunk == 64
+    chunk_files = sorted((store.path / ZARR_DIR / "geometry" / "c").iterdir())
+    assert [p.name for p in chunk_files] == ["0", "1"]
 
 
 def test_same_clip_is_committed_once(tmp_path):
@@ -146,15 +155,17 @@ def test_opening_foreign_old_or_missing_stores_fails_clearly_and_deletes_nothing
 def test_plain_zarr_and_xarray_read_the_store(tmp_path):
     xr = pytest.importorskip("xarray")
     store = new_store(tmp_path)
-    for i in range(2):
-        store.write_clip(entry(i, 4, 3), features(i, 4, 3))
+    with store.writer() as writer:
+        for i in range(3):
+            writer.add(entry(i, 4, 3), features(i, 4, 3))
+    index = {e["clip_id"]: e for e in map(json.loads, (store.path / INDEX_FILE).read_text().splitlines())}
     group = zarr.open_group(str(store.path / ZARR_DIR), mode="r")
     assert group.attrs["msgvip"]["fingerprint"] == store.fingerprint
-    np.testing.assert_array_equal(group["geometry"][1], features(1, 4, 3)["geometry"])
+    np.testing.assert_array_equal(group["geometry"][index["clip1"]["row"]], features(1, 4, 3)["geometry"])
     ds = xr.open_zarr(str(store.path / ZARR_DIR), consolidated=False, zarr_format=3)
-    assert dict(ds.sizes) == {"clip": 2, "frame": 4, "person": 3, "geometry_feature": 3, "appearance_dim": 5}
-    index = [json.loads(line) for line in (store.path / INDEX_FILE).read_text().splitlines()]
-    np.testing.assert_array_equal(ds["appearance"][index[0]["row"]].values, features(0, 4, 3)["appearance"])
+    assert {k: v for k, v in ds.sizes.items() if k != "clip"} == {"frame": 4, "person": 3, "geometry_feature": 3, "appearance_dim": 5}
+    assert ds.sizes["clip"] >= 3  # whole chunks of rows; the index says which rows hold clips
+    np.testing.assert_array_equal(ds["appearance"][index["clip0"]["row"]].values, features(0, 4, 3)["appearance"])
 
 
 def test_last_used_and_pin(tmp_path):

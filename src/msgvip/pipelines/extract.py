@@ -94,10 +94,8 @@ def run_extract(
                 target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
                 row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
             )  # fmt: skip
-            if store.write_clip(entry, features) is None:
-                summary.cached += 1  # another writer committed it first
-            else:
-                summary.written += 1
+            bar.update(len(writer.add(entry, features)))
+        group.clear()
 
     with store.lease():
         store.touch()
@@ -111,8 +109,10 @@ def run_extract(
             else:
                 pending.append(src)
         bar = tqdm(total=len(sources), initial=summary.cached, unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+        writer = store.writer()
         group: list[tuple[ClipSource, Clip]] = []
         group_crops = 0
+        added = 0
         try:
             for src, loaded in prefetch(_load, pending, workers=max(1, config.num_workers)):
                 if isinstance(loaded, ClipError):
@@ -120,31 +120,32 @@ def run_extract(
                     summary.errors.append({"path": loaded.path, "field": loaded.field, "message": loaded.message})
                     bar.update(1)
                     if on_error == "fail":
-                        write(group)  # clips decoded before the broken one are still committed
-                        bar.update(len(group))
                         raise ExtractAborted(str(loaded))
                     continue
                 clip, stat = loaded
                 hashes.put(src.path, stat, clip.content_hash)
                 for key, count in clip.repairs.items():
                     summary.repairs[key] = summary.repairs.get(key, 0) + count
-                if clip.content_hash in store:
-                    summary.cached += 1
-                    relabel_if_changed(src, clip.content_hash, clip.target)
+                if clip.content_hash in store or any(c.content_hash == clip.content_hash for _, c in group):
+                    summary.cached += 1  # or a second file with the same content in this run
+                    if clip.content_hash in store:
+                        relabel_if_changed(src, clip.content_hash, clip.target)
                     bar.update(1)
                     continue
                 group.append((src, clip))
+                added += 1
                 group_crops += int(clip.person_mask.sum())
                 if group_crops >= config.batch_size:
                     write(group)
-                    bar.update(len(group))
-                    group, group_crops = [], 0
-            if group:
-                write(group)
-                bar.update(len(group))
+                    group_crops = 0
         finally:
+            # Clips decoded before an error or an interrupt are still worth committing.
+            write(group)
+            bar.update(len(writer.flush()))
             bar.close()
             hashes.close()
+            summary.written = len(writer.committed)
+            summary.cached += added - summary.written  # committed first by a concurrent writer
             store.update_labels(relabels)
             summary.relabeled = len(relabels)
             summary.errors_csv = _write_errors(store.path, summary.errors)

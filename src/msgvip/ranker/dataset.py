@@ -128,6 +128,22 @@ class StoreDataset:
             target = torch.where(labeled, torch.argsort(slot_order, dim=1).gather(1, target.clamp(min=0)[:, None])[:, 0], target)
         return ClipBatch(features, mask, target, index, slot_order)
 
+    def epoch_order(self, shuffle: bool, generator: torch.Generator, window_chunks: int) -> list[np.ndarray]:
+        """Positions of one epoch, as windows of whole store chunks: chunk order is shuffled, then
+        clips within each window, so a streamed window is read with whole-chunk reads only."""
+        rows_per_chunk = self.store.rows_per_chunk or 1
+        chunk_of = self.rows // rows_per_chunk
+        chunks = np.unique(chunk_of)
+        if shuffle:
+            chunks = chunks[torch.randperm(len(chunks), generator=generator).numpy()]
+        windows = []
+        for i in range(0, len(chunks), window_chunks):
+            positions = np.flatnonzero(np.isin(chunk_of, chunks[i : i + window_chunks]))
+            if shuffle:
+                positions = positions[torch.randperm(len(positions), generator=generator).numpy()]
+            windows.append(positions)
+        return windows
+
     def batches(
         self,
         batch_size: int,
@@ -137,28 +153,35 @@ class StoreDataset:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        prefetch: int = 4,
+        window_chunks: int = 4,
     ) -> Iterator[ClipBatch]:
-        """Batches of whole clips; with ``world_size`` > 1 each rank gets every world_size-th clip
+        """Batches of whole clips (see :meth:`epoch_order`); streamed windows are read one ahead
+        by a background thread. With ``world_size`` > 1 each rank takes every world_size-th clip
         (padded by repetition so all ranks take the same number of steps)."""
         g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=g).numpy() if shuffle else np.arange(len(self))
+        windows = self.epoch_order(shuffle, g, window_chunks)
         if world_size > 1:
+            order = np.concatenate(windows) if windows else np.arange(0)
             per_rank = -(-len(order) // world_size)
-            order = np.resize(order, per_rank * world_size)[rank::world_size]
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            windows = [np.resize(order, per_rank * world_size)[rank::world_size]]
         permute = g if permute_slots else None
+
+        def window_batches(positions: np.ndarray, data: dict[str, torch.Tensor]) -> Iterator[ClipBatch]:
+            for i in range(0, len(positions), batch_size):
+                take = torch.arange(i, min(i + batch_size, len(positions)))
+                yield self._batch(positions[i : i + batch_size], {k: v[take] for k, v in data.items()}, permute)
+
         if self._cache is not None:
-            for positions in chunks:
-                yield self._batch(positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()}, permute)
+            for positions in windows:
+                yield from window_batches(positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()})
             return
-        with ThreadPoolExecutor(max(1, min(prefetch, 4))) as pool:
-            pending = [pool.submit(self._read, p) for p in chunks[:prefetch]]
-            for i, positions in enumerate(chunks):
-                data = pending[i].result()
-                if i + prefetch < len(chunks):
-                    pending.append(pool.submit(self._read, chunks[i + prefetch]))
-                yield self._batch(positions, data, permute)
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._read, windows[0]) if windows else None
+            for i, positions in enumerate(windows):
+                data = ahead.result()
+                if i + 1 < len(windows):
+                    ahead = pool.submit(self._read, windows[i + 1])
+                yield from window_batches(positions, data)
 
     def valid_slots(self) -> torch.Tensor:
         """(C, N) bool: slots holding a person in at least one frame of each clip."""

@@ -4,8 +4,10 @@ Layout of ``<cache_root>/<fingerprint>/``::
 
     features.zarr/     a plain Zarr v3 group; attributes["msgvip"] hold fingerprint, config,
                        schema version and the array specs
-      person_mask/     (C, T, N) bool           one chunk per clip row
+      person_mask/     (C, T, N) bool
       <family>/        (C, T, N, ...) per feature family, e.g. geometry (C, T, N, 18) float32
+                       chunks hold whole clips: R rows of full (T, N) each, R a power of two
+                       sized for ~8 MB chunks (a geometry-only store: 64 clips per chunk)
     index.jsonl        one JSON line per committed clip (the commit record, written last)
     state.json         {"complete": bool, "clips_expected": int, "updated_at": unix time}
     last_used          unix time of the last train/evaluate/extract that opened the store
@@ -13,11 +15,12 @@ Layout of ``<cache_root>/<fingerprint>/``::
     .write.lock        exclusive flock for row reservation and index commits
     .lease             shared flock held by every reader and writer; gc needs it exclusively
 
-C (clip rows) grows by one per reserved row; T and N grow to the largest clip seen. A clip
-occupies ``[row, :frames, :persons]``, the rest of its row is zeros. A row is visible only once
-its index line exists: arrays are written first, the index line last, so a killed writer leaves at
-most an orphaned row that no reader ever sees (Zarr writes each chunk key atomically, but an array
-with unwritten chunks reads back zeros, so zeros are never trusted as data).
+C (clip rows) grows one chunk (R rows) at a time, each block owned by the one writer that reserved
+it, so concurrent writers never touch the same chunk; T and N grow to the largest clip seen. A
+clip occupies ``[row, :frames, :persons]``, the rest of its row is zeros. A row is visible only
+once its index line exists: arrays are written first, the index lines last, so a killed writer
+leaves at most unused rows that no reader ever sees (Zarr writes each chunk key atomically, but
+an array with unwritten chunks reads back zeros, so zeros are never trusted as data).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ PIN_FILE = "pinned"
 LOCK_FILE = ".write.lock"
 LEASE_FILE = ".lease"
 MASK_ARRAY = "person_mask"
+CHUNK_TARGET_BYTES = 8 << 20  # uncompressed bytes per chunk: big enough to amortise Zarr's per-chunk cost
+MAX_ROWS_PER_CHUNK = 64  # and small enough that a killed writer loses little work
 ZARR_DIR = "features.zarr"  # bookkeeping files stay outside it, so plain Zarr sees only arrays
 
 
@@ -204,38 +209,16 @@ class FeatureStore:
         return sorted(rows, key=lambda e: e.row)
 
     # ---------------------------------------------------------------- writing
+    def writer(self) -> StoreWriter:
+        """A buffered writer: clips are written a chunk of rows at a time, then committed."""
+        return StoreWriter(self)
+
     def write_clip(self, entry: IndexEntry, features: Mapping[str, np.ndarray]) -> IndexEntry | None:
-        """Write one clip's arrays, then commit its index line.
-
-        ``features`` maps every array name of the store (``person_mask`` included) to an array of
-        shape (frames, persons, *spec.shape). ``entry.row`` and ``entry.checksums`` are filled in
-        here. Returns the committed entry, or None when another writer committed the same clip
-        first (its row is then left orphaned, never visible).
-        """
-        specs = {a.name: a for a in self.arrays}
-        missing = set(specs) ^ set(features)
-        if missing:
-            raise StoreError(f"{self.path}: write_clip got arrays {sorted(features)}, store holds {sorted(specs)}")
-        cast = {}
-        for name, spec in specs.items():
-            array = np.asarray(features[name])
-            expected = (entry.frames, entry.persons, *spec.shape)
-            if array.shape != expected:
-                raise StoreError(f"{self.path}: array {name!r} of clip {entry.clip_id} has shape {array.shape}, expected {expected}")
-            cast[name] = array.astype(spec.dtype, copy=False)
-
-        row, frames, persons = self._reserve_row(entry.frames, entry.persons)
-        for name, array in cast.items():
-            padded = np.zeros((frames, persons, *specs[name].shape), dtype=array.dtype)
-            padded[: entry.frames, : entry.persons] = array
-            self._handle(name, row)[row] = padded
-        committed = IndexEntry(**{**asdict(entry), "row": row, "checksums": {n: array_checksum(a) for n, a in cast.items()}})
-        with file_lock(self.path / LOCK_FILE):
-            self.refresh()
-            if committed.content_hash in self._entries:
-                return None
-            self._append_index(committed.to_line())
-        return committed
+        """Write and commit one clip at once (a whole chunk of rows for one clip: for tests and
+        small jobs; bulk writers use :meth:`writer`). None if another writer committed it first."""
+        with self.writer() as writer:
+            writer.add(entry, features)
+        return writer.committed[0] if writer.committed else None
 
     def update_labels(self, updates: Sequence[IndexEntry]) -> None:
         """Re-commit entries whose labels or split changed; features are untouched."""
@@ -254,32 +237,61 @@ class FeatureStore:
             f.write(text.encode("utf-8"))
         self.refresh()
 
-    def _reserve_row(self, frames: int, persons: int) -> tuple[int, int, int]:
-        """Grow every array by one row (and to at least frames x persons); return (row, T, N)."""
+    @property
+    def rows_per_chunk(self) -> int | None:
+        """Clip rows per chunk of every array (None before the first write)."""
+        meta = self.path / ZARR_DIR / MASK_ARRAY / "zarr.json"
+        if not meta.exists():
+            return None
+        return int(json.loads(meta.read_text())["chunk_grid"]["configuration"]["chunk_shape"][0])
+
+    def _rows_per_chunk_for(self, frames: int, persons: int) -> int:
+        """The largest power of two of rows whose biggest array chunk stays under the target size."""
+        row_bytes = max(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in self.arrays) * frames * persons
+        rows = 1
+        while rows * 2 <= MAX_ROWS_PER_CHUNK and rows * 2 * row_bytes <= CHUNK_TARGET_BYTES:
+            rows *= 2
+        return rows
+
+    def _reserve_block(self, frames: int, persons: int) -> tuple[int, int, int, int]:
+        """Append one chunk of rows to every array (growing T and N to at least frames x persons)
+        and return (first row, rows per chunk, T, N). The block belongs to the caller alone, so
+        concurrent writers never share a chunk."""
         with file_lock(self.path / LOCK_FILE):
             group = zarr.open_group(str(self.path / ZARR_DIR), mode="r+")
-            existing = set(group.array_keys())
-            if MASK_ARRAY in existing:
-                rows, t, n = group[MASK_ARRAY].shape
+            exists = (self.path / ZARR_DIR / MASK_ARRAY / "zarr.json").exists()
+            if exists:
+                mask = group[MASK_ARRAY]
+                (start, t, n), block = mask.shape, mask.chunks[0]
             else:
-                rows, t, n = 0, frames, persons
-            t, n = max(t, frames), max(persons, n)
+                start, t, n, block = 0, frames, persons, self._rows_per_chunk_for(frames, persons)
+            t, n = max(t, frames), max(n, persons)
             for spec in self.arrays:
-                shape = (rows + 1, t, n, *spec.shape)
-                if spec.name in existing:
+                shape = (start + block, t, n, *spec.shape)
+                if exists:
                     group[spec.name].resize(shape)
                 else:
                     group.create_array(
                         spec.name,
                         shape=shape,
-                        chunks=(1, t, n, *spec.shape),
+                        chunks=(block, t, n, *spec.shape),
                         dtype=spec.dtype,
                         fill_value=0,
                         compressors=_compressors(np.dtype(spec.dtype)),
                         dimension_names=("clip", "frame", "person", *spec.dims),
                     )
         self._handles.clear()  # shapes changed: reopen lazily
-        return rows, t, n
+        return start, block, t, n
+
+    def _commit(self, entries: Sequence[IndexEntry]) -> list[IndexEntry]:
+        """Append index lines for entries no other writer committed first; returns those."""
+        with file_lock(self.path / LOCK_FILE):
+            self.refresh()
+            fresh = [e for e in entries if e.content_hash not in self._entries]
+            fresh = list({e.content_hash: e for e in fresh}.values())
+            if fresh:
+                self._append_index("".join(e.to_line() for e in fresh))
+        return fresh
 
     def _handle(self, name: str, row: int = -1) -> zarr.Array:
         handle = self._handles.get(name)
@@ -297,8 +309,17 @@ class FeatureStore:
         """Whole padded rows, (len(rows), T, N, ...) per array; rows must be committed ones."""
         names = [a.name for a in self.arrays] if names is None else names
         rows = np.asarray(rows, dtype=np.int64)
-        top = int(rows.max()) if rows.size else -1
-        return {n: self._handle(n, top).get_orthogonal_selection((rows,)) for n in names}
+        if not rows.size:
+            return {n: self._handle(n)[0:0] for n in names}
+        low, high = int(rows.min()), int(rows.max()) + 1
+        out = {}
+        for n in names:
+            handle = self._handle(n, high - 1)
+            if len(rows) * 4 >= high - low:  # dense: one contiguous read beats per-row selection
+                out[n] = handle[low:high][rows - low]
+            else:
+                out[n] = handle.get_orthogonal_selection((rows,))
+        return out
 
     def verify(self) -> list[tuple[IndexEntry, str]]:
         """Re-read every committed clip and compare checksums; returns (entry, problem) pairs."""
@@ -393,3 +414,64 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _write_json_atomic(path: Path, record: Mapping) -> None:
     _write_text_atomic(path, json.dumps(record, sort_keys=True) + "\n")
+
+
+class StoreWriter:
+    """Buffers clips and writes them a chunk of rows at a time; commits after each chunk.
+
+    Each flush reserves a fresh block of rows (one chunk of every array) under the writer lock,
+    writes the buffered clips into it with one chunk write per array, then appends their index
+    lines. A writer killed before a flush loses only its buffered, uncommitted clips.
+    Use as a context manager: leaving the block flushes what is buffered.
+    """
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self.specs = {a.name: a for a in store.arrays}
+        self.pending: list[tuple[IndexEntry, dict[str, np.ndarray]]] = []
+        self.committed: list[IndexEntry] = []
+        self._rows_per_chunk = store.rows_per_chunk
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+    def add(self, entry: IndexEntry, features: Mapping[str, np.ndarray]) -> list[IndexEntry]:
+        """Buffer one clip; ``features`` maps every array of the store (``person_mask`` included)
+        to (frames, persons, *spec.shape). Returns the entries committed by this call, if any."""
+        path = self.store.path
+        if set(features) != set(self.specs):
+            raise StoreError(f"{path}: clip {entry.clip_id} has arrays {sorted(features)}, the store holds {sorted(self.specs)}")
+        cast = {}
+        for name, spec in self.specs.items():
+            array = np.asarray(features[name])
+            expected = (entry.frames, entry.persons, *spec.shape)
+            if array.shape != expected:
+                raise StoreError(f"{path}: array {name!r} of clip {entry.clip_id} has shape {array.shape}, expected {expected}")
+            cast[name] = array.astype(spec.dtype, copy=False)
+        checksums = {n: array_checksum(a) for n, a in cast.items()}
+        self.pending.append((IndexEntry(**{**asdict(entry), "checksums": checksums}), cast))
+        if self._rows_per_chunk is None:
+            self._rows_per_chunk = self.store._rows_per_chunk_for(entry.frames, entry.persons)
+        return self.flush() if len(self.pending) >= self._rows_per_chunk else []
+
+    def flush(self) -> list[IndexEntry]:
+        """Write and commit everything buffered; returns the entries committed."""
+        committed = []
+        while self.pending:
+            frames = max(e.frames for e, _ in self.pending)
+            persons = max(e.persons for e, _ in self.pending)
+            start, block, t, n = self.store._reserve_block(frames, persons)
+            self._rows_per_chunk = block
+            batch, self.pending = self.pending[:block], self.pending[block:]
+            for name, spec in self.specs.items():
+                stacked = np.zeros((len(batch), t, n, *spec.shape), dtype=spec.dtype)
+                for i, (e, arrays) in enumerate(batch):
+                    stacked[i, : e.frames, : e.persons] = arrays[name]
+                self.store._handle(name, start + block - 1)[start : start + len(batch)] = stacked
+            rows = [IndexEntry(**{**asdict(e), "row": start + i}) for i, (e, _) in enumerate(batch)]
+            committed += self.store._commit(rows)
+        self.committed += committed
+        return committed

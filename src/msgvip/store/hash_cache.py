@@ -14,11 +14,14 @@ HASH_CACHE_FILE = "content-hashes.sqlite"
 class HashCache:
     def __init__(self, cache_root: Path):
         Path(cache_root).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(Path(cache_root) / HASH_CACHE_FILE, timeout=60, isolation_level=None)
+        # Writes are batched in one transaction per run (committed on close): losing them to a
+        # crash only costs a re-hash next time.
+        self._db = sqlite3.connect(Path(cache_root) / HASH_CACHE_FILE, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)"
         )
+        self._db.commit()
 
     @staticmethod
     def stat(path: Path) -> tuple[int, int] | None:
@@ -43,4 +46,5 @@ class HashCache:
         )
 
     def close(self) -> None:
+        self._db.commit()
         self._db.close()
