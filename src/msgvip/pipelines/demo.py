@@ -26,6 +26,7 @@ class DemoResult:
     out: Path
     extract: ExtractSummary
     run_dir: Path
+    val: dict  # best epoch's validation metrics, with the baselines
     test: dict
     seconds: float
 
@@ -43,7 +44,7 @@ def run_demo(out: Path, features: tuple[str, ...] = ("geometry",), data: DemoDat
     store = FeatureStore.open(Path(summary.store))
     say(f"      store {summary.fingerprint[:12]}: {summary.written} clips extracted, {summary.cached} cached")
     say(f"[3/4] train the ranker -> {out / 'run'}")
-    train(store, out / "run", training, model, progress=progress)
+    trained = train(store, out / "run", training, model, progress=progress)
     say("[4/4] evaluate on the test split")
     test = evaluate_run(out / "run", store, "test")
-    return DemoResult(out, summary, out / "run", test, time.perf_counter() - start)
+    return DemoResult(out, summary, out / "run", trained.val, test, time.perf_counter() - start)
