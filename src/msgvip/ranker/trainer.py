@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -205,6 +206,14 @@ def _lr_lambda(total_steps: int, warmup_fraction: float):
     return factor
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint, loaded weights-only: anything that would need code to unpickle is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{path}: not a weights-only checkpoint, refusing to unpickle it ({str(err).splitlines()[0]})") from None
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -257,7 +266,7 @@ def train(
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
         first_epoch = 0
         if resume and (run_dir / "latest.pt").exists():
-            state = torch.load(run_dir / "latest.pt", map_location="cpu", weights_only=True)
+            state = load_checkpoint(run_dir / "latest.pt")
             if state["fingerprint"] != store.fingerprint:
                 raise ConfigError(f"{run_dir}: was trained on store {state['fingerprint']}, not {store.fingerprint}")
             model.load_state_dict(state["model"])
@@ -390,7 +399,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[ImportanceRanker, dict
     path = Path(run_dir) / "best.pt"
     if not path.exists():
         raise ConfigError(f"{run_dir}: no best.pt (is it a finished msgvip run directory?)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     config = state["config"]
     model = ImportanceRanker(RankerConfig(**config["model"]), config["feature_dims"])
     model.load_state_dict(state["model"])

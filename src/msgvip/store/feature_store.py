@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from .fingerprint import array_checksum
+from .fingerprint import array_checksum, is_fingerprint
 from .locks import file_lock
 
 SCHEMA_VERSION = 1
@@ -145,7 +145,10 @@ class FeatureStore:
         that produced it (kept so the same extraction can be rerun on new clips).
         """
         path = Path(path)
+        if path.is_symlink():
+            raise StoreError(f"{path}: is a symlink; msgvip writes only into real directories under the cache root")
         path.mkdir(parents=True, exist_ok=True)
+        refuse_symlinks(path)
         with file_lock(path / LOCK_FILE):
             if not (path / ZARR_DIR / "zarr.json").exists():
                 meta = {
@@ -368,9 +371,18 @@ class FeatureStore:
 
     def set_pinned(self, pinned: bool) -> None:
         if pinned:
-            (self.path / PIN_FILE).touch()
+            os.close(os.open(self.path / PIN_FILE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         else:
             (self.path / PIN_FILE).unlink(missing_ok=True)
+
+
+def refuse_symlinks(path: Path) -> None:
+    """Writers refuse a store holding symlinks: writing through one could change files outside
+    the cache root. (Readers and gc never follow them either.)"""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise StoreError(f"{os.path.join(dirpath, name)}: a symlink inside a store; refusing to write through it")
 
 
 def read_store_meta(path: Path) -> dict:
@@ -385,6 +397,8 @@ def read_store_meta(path: Path) -> dict:
     meta = attrs.get("msgvip")
     if not isinstance(meta, dict):
         raise StoreError(f"{path}: a Zarr group but not an msgvip feature store (no 'msgvip' attribute); nothing was changed")
+    if not is_fingerprint(str(meta.get("fingerprint", ""))):
+        raise StoreError(f"{path}: records fingerprint {meta.get('fingerprint')!r}, not a 32-digit hex fingerprint; the store is damaged or forged")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(

@@ -8,12 +8,17 @@ import os
 import sqlite3
 from pathlib import Path
 
+from .feature_store import StoreError
+
 HASH_CACHE_FILE = "content-hashes.sqlite"
 
 
 class HashCache:
     def __init__(self, cache_root: Path):
         Path(cache_root).mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if (Path(cache_root) / (HASH_CACHE_FILE + suffix)).is_symlink():
+                raise StoreError(f"{Path(cache_root) / (HASH_CACHE_FILE + suffix)}: a symlink; refusing to write through it")
         # Writes are batched in one transaction per run (committed on close): losing them to a
         # crash only costs a re-hash next time.
         self._db = sqlite3.connect(Path(cache_root) / HASH_CACHE_FILE, timeout=60)

@@ -26,7 +26,7 @@ class LockTimeout(TimeoutError):
 @contextmanager
 def file_lock(path: Path, *, shared: bool = False, timeout: float | None = 600.0) -> Iterator[None]:
     """Hold an flock on ``path`` (created if missing); raise LockTimeout after ``timeout`` s."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -45,7 +45,7 @@ def file_lock(path: Path, *, shared: bool = False, timeout: float | None = 600.0
 
 def try_exclusive(path: Path) -> int | None:
     """Take an exclusive lock without waiting; return the open fd (close it to release) or None."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
