@@ -29,6 +29,9 @@ class ClipError(Exception):
         self.path, self.field, self.message = str(path), field, message
         super().__init__(f"{path}: field '{field}': {message}")
 
+    def __reduce__(self):  # decode workers send errors back to the main process
+        return ClipError, (self.path, self.field, self.message)
+
 
 @dataclass
 class Clip:

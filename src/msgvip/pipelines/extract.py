@@ -1,22 +1,22 @@
 """`msgvip extract`: clips in, committed feature rows out, nothing computed twice.
 
-Clips are decoded by a small thread pool ahead of the extractors (numpy's zip and zlib release the
-GIL), grouped so model calls see many crops at once, and committed one by one, so an interrupted
-run keeps everything it finished and a rerun redoes only the rest.
+Three stages overlap: DataLoader worker processes decode and validate clips ahead of the models;
+the main thread groups clips so model calls see many crops at once and runs the extractors; a
+background thread compresses and writes finished clips a chunk of rows at a time and commits
+them, so an interrupted run keeps everything committed and a rerun redoes only the rest.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..config import ExtractConfig
@@ -28,8 +28,6 @@ from ..store.feature_store import MASK_ARRAY, FeatureStore, IndexEntry
 from ..store.hash_cache import HashCache
 
 ERRORS_FILE = "errors.csv"
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class ExtractAborted(Exception):
@@ -45,6 +43,7 @@ class ExtractSummary:
     cached: int = 0
     failed: int = 0
     relabeled: int = 0
+    crops: int = 0  # valid person-frames extracted
     repairs: dict[str, int] = field(default_factory=lambda: {"clipped_boxes": 0, "zero_area_boxes": 0})
     errors: list[dict[str, str]] = field(default_factory=list)
     errors_csv: str | None = None
@@ -87,15 +86,27 @@ def run_extract(
             relabels.append(IndexEntry(**{**asdict(entry), **wanted}))
 
     def write(group: list[tuple[ClipSource, Clip]]) -> None:
+        """Extract a group here, then hand it to the writer thread (at most two groups queued)."""
         clips = [clip for _, clip in group]
-        for (src, clip), features in zip(group, extract_features(extractors, clips)):
-            entry = IndexEntry(
+        features = extract_features(extractors, clips)
+        entries = [
+            IndexEntry(
                 content_hash=clip.content_hash, clip_id=src.clip_id, source=str(src.path), split=src.split,
                 target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
                 row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
-            )  # fmt: skip
-            bar.update(len(writer.add(entry, features)))
+            )
+            for src, clip in group
+        ]  # fmt: skip
+        summary.crops += sum(int(c.person_mask.sum()) for c in clips)
+        bar.set_postfix_str(f"{summary.crops / (time.perf_counter() - start):.0f} crops/s", refresh=False)
+        while len(queued) >= 2:
+            queued.pop(0).result()
+        queued.append(background.submit(store_group, entries, features))
         group.clear()
+
+    def store_group(entries: list[IndexEntry], features: list[dict[str, np.ndarray]]) -> None:
+        for entry, arrays in zip(entries, features):
+            bar.update(len(writer.add(entry, arrays)))
 
     with store.lease():
         store.touch()
@@ -110,11 +121,13 @@ def run_extract(
                 pending.append(src)
         bar = tqdm(total=len(sources), initial=summary.cached, unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
         writer = store.writer()
+        background = ThreadPoolExecutor(1, thread_name_prefix="msgvip-writer")
+        queued: list[Future] = []
         group: list[tuple[ClipSource, Clip]] = []
         group_crops = 0
         added = 0
         try:
-            for src, loaded in prefetch(_load, pending, workers=max(1, config.num_workers)):
+            for src, loaded in decode_clips(pending, config.num_workers):
                 if isinstance(loaded, ClipError):
                     summary.failed += 1
                     summary.errors.append({"path": loaded.path, "field": loaded.field, "message": loaded.message})
@@ -141,6 +154,9 @@ def run_extract(
         finally:
             # Clips decoded before an error or an interrupt are still worth committing.
             write(group)
+            for future in queued:
+                future.result()
+            background.shutdown()
             bar.update(len(writer.flush()))
             bar.close()
             hashes.close()
@@ -162,19 +178,34 @@ def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
         return err
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int | None = None) -> Iterator[tuple[T, R]]:
-    """``(item, fn(item))`` in order, with at most ``depth`` calls running ahead in threads."""
-    depth = depth or 2 * workers
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque = deque()
-        for item in items:
-            queue.append((item, pool.submit(fn, item)))
-            if len(queue) >= depth:
-                head, future = queue.popleft()
-                yield head, future.result()
-        while queue:
-            head, future = queue.popleft()
-            yield head, future.result()
+class _SourceDataset(torch.utils.data.Dataset):
+    def __init__(self, sources: list[ClipSource]):
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        return self.sources[i], _load(self.sources[i])
+
+
+def _as_is(item):
+    return item
+
+
+def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[ClipSource, tuple[Clip, tuple[int, int] | None] | ClipError]]:
+    """``(source, clip or error)`` in order; with workers, decoded ahead in worker processes.
+
+    Workers are forked (cheap to start): they only read ``.npz`` files with numpy and never touch
+    Zarr or CUDA, the parts of the parent that do not survive a fork."""
+    if num_workers == 0 or len(sources) < 2:
+        yield from ((src, _load(src)) for src in sources)
+        return
+    loader = torch.utils.data.DataLoader(
+        _SourceDataset(sources), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
+        prefetch_factor=4, multiprocessing_context="fork",
+    )  # fmt: skip
+    yield from loader
 
 
 def _write_errors(store_path: Path, errors: list[dict[str, str]]) -> str | None:
