@@ -1,9 +1,7 @@
 """Security review: one test per finding of SECURITY.md.
 
 Every test that could be fooled by a payload that silently does nothing first proves the payload
-is live (it does run when loaded unsafely), then checks that msgvip never runs it. Tests marked
-``xfail(strict=True)`` document open bugs: they start failing (XPASS) as soon as the fix lands,
-at which point the mark must go.
+is live (it does run when loaded unsafely), then checks that msgvip never runs it.
 """
 
 from __future__ import annotations
@@ -34,13 +32,6 @@ SRC = Path(msgvip.__file__).parent
 REPO = SRC.parents[1]
 SMALL_TOML = "[model]\nhidden = 16\ngat_heads = 2\ntemporal_heads = 2\nevent_heads = 2\npool_heads = 2\nrelation_heads = 2\nff_mult = 2\n"
 SMALL_MODEL = RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2, ff_mult=2)
-OPEN_BUG = "open security bug, see SECURITY.md 'Open findings'"
-
-
-def open_bug(why: str):
-    """Strict xfail that only an AssertionError satisfies: any other error (a broken fixture, an
-    unrelated crash) fails the test instead of passing as 'expected'."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{OPEN_BUG}: {why}")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -78,7 +69,7 @@ def snapshot(root: Path) -> dict[str, object]:
 
 def extract(data: Path, cache: Path) -> dict:
     result = run("extract", data, "--cache-dir", cache, "--json")
-    if result.exit_code != 0:  # not an assert: an xfail(raises=AssertionError) test must not pass on this
+    if result.exit_code != 0:
         raise RuntimeError(f"extract failed: {result.output}")
     return json.loads(result.stdout)
 
@@ -243,7 +234,6 @@ def test_torch_floor_excludes_the_weights_only_bypass():
     assert floor and (int(floor[1]), int(floor[2])) >= (2, 6), floor
 
 
-@open_bug("from_pretrained is called without trust_remote_code=False, so transformers asks the user whether to run a model folder's code")
 def test_model_folder_with_custom_code_is_never_run_nor_offered(tmp_path, monkeypatch):
     backbones = pytest.importorskip("msgvip.extract.backbones")
     import transformers.dynamic_module_utils as dynamic

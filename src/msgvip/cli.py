@@ -100,13 +100,15 @@ def demo(out: Path) -> None:
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="Skip a broken clip (and report it) or stop the run.")
 @click.option("--batch-size", default=ExtractConfig.batch_size, show_default=True, help="Crops per model call (does not change the features).")
 @click.option("--num-workers", default=ExtractConfig.num_workers, show_default=True, help="Clip-decoding workers (does not change the features).")
+@click.option("--workers", type=click.IntRange(min=1), help="Spread clips over a local dask cluster of N workers (one per GPU with --device cuda).")
+@click.option("--scheduler", help="Spread clips over an existing dask cluster at this address (tcp://host:8786).")
 @json_option
 @user_errors
-def extract(data: Path, features: str, cache_dir: Path | None, on_error: str, batch_size: int, num_workers: int, as_json: bool) -> None:
+def extract(data: Path, features: str, cache_dir: Path | None, on_error: str, batch_size: int, num_workers: int, workers: int | None, scheduler: str | None, as_json: bool) -> None:
     """Extract features of every clip under DATA (a folder of split folders, or a manifest .csv)
     into the store for this config. Clips already in the store are skipped."""
     config = ExtractConfig(features=_families(features), batch_size=batch_size, num_workers=num_workers)
-    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json)
+    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json, workers=workers, scheduler=scheduler)
     if as_json:
         print_json(summary.to_json())
     else:

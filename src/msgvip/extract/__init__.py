@@ -1,4 +1,7 @@
-"""Feature extractors: a registry of families, each one module (geometry, ...)."""
+"""Feature extractors: a registry of families, each one module (geometry, appearance, pose, face).
+
+The model families (appearance, pose, face) import torch and transformers only when asked for.
+"""
 
 from .geometry import GEOMETRY_FEATURES, GeometryExtractor, geometry_features
 from .registry import EXTRACTORS, Extractor, UnknownFeatureError, build_extractors, identity

@@ -29,8 +29,29 @@ class Extractor(Protocol):
     def extract(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]: ...
 
 
+def _appearance(config: ExtractConfig) -> Extractor:
+    from .appearance import AppearanceExtractor  # torch + transformers load only when a model family is asked for
+
+    return AppearanceExtractor(config)
+
+
+def _face(config: ExtractConfig) -> Extractor:
+    from .face import FaceExtractor
+
+    return FaceExtractor(config)
+
+
+def _pose(config: ExtractConfig) -> Extractor:
+    from .pose import PoseExtractor
+
+    return PoseExtractor(config)
+
+
 EXTRACTORS: dict[str, Callable[[ExtractConfig], Extractor]] = {
+    "appearance": _appearance,
+    "face": _face,
     "geometry": lambda config: GeometryExtractor(),
+    "pose": _pose,
 }
 
 

@@ -57,117 +57,170 @@ class ExtractSummary:
         return {**asdict(self), "ok": self.ok}
 
 
+class ExtractRun:
+    """The bookkeeping of one extraction, shared by the local and the distributed runners: the
+    plan (which clips are already stored), per-clip outcomes, and the closing summary."""
+
+    def __init__(self, data: Path | str, config: ExtractConfig, cache_dir: Path | str | None, on_error: str, progress: bool):
+        if on_error not in ("skip", "fail"):
+            raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+        self.start = time.perf_counter()
+        self.config, self.on_error = config, on_error
+        self.sources = discover_clips(data)
+        self.extractors = build_extractors(config)
+        fp, record = identity(self.extractors)
+        root = cache_root(cache_dir)
+        arrays = [a for e in self.extractors for a in e.arrays()]
+        self.store = FeatureStore.create(root / fp, fp, record, arrays, config.settings())
+        self.summary = ExtractSummary(fingerprint=fp, store=str(self.store.path), clips_total=len(self.sources))
+        self.hashes = HashCache(root)
+        self.relabels: list[IndexEntry] = []
+        self.progress = progress
+        self.bar: tqdm | None = None
+
+    def plan(self) -> list[ClipSource]:
+        """Start the run; returns the clips that may need extracting (the rest are stored and
+        unchanged since their hash was recorded, so they are not even read)."""
+        self.store.touch()
+        self.store.set_state(complete=False, clips_expected=len(self.sources))
+        pending = []
+        for src in self.sources:
+            digest = self.hashes.get(src.path)
+            if digest is not None and digest in self.store:
+                self.cached(src, digest, src.target)
+            else:
+                pending.append(src)
+        self.bar = tqdm(total=len(self.sources), initial=self.summary.cached, unit="clip", desc="extract", disable=not self.progress, dynamic_ncols=True)
+        return pending
+
+    def cached(self, src: ClipSource, digest: str, target: int | None) -> None:
+        """A clip found in the store: count it and re-label it if its split or label changed."""
+        self.summary.cached += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        self.store.refresh()
+        entry = self.store.entries.get(digest)
+        if entry is None:
+            return  # a second file with the same content, committed later in this run
+        wanted = {"split": src.split, "clip_id": src.clip_id, "source": str(src.path)}
+        if target is not None:
+            wanted["target"] = target
+        if any(getattr(entry, k) != v for k, v in wanted.items()):
+            self.relabels.append(IndexEntry(**{**asdict(entry), **wanted}))
+
+    def failed(self, error: ClipError) -> None:
+        self.summary.failed += 1
+        self.summary.errors.append({"path": error.path, "field": error.field, "message": error.message})
+        self.bar.update(1)
+        if self.on_error == "fail":
+            raise ExtractAborted(str(error))
+
+    def decoded(self, src: ClipSource, digest: str, repairs: dict[str, int], stat: tuple[int, int] | None) -> None:
+        self.hashes.put(src.path, stat, digest)
+        for key, count in repairs.items():
+            self.summary.repairs[key] = self.summary.repairs.get(key, 0) + count
+
+    def committed(self, count: int, crops: int = 0) -> None:
+        self.summary.written += count
+        self.summary.crops += crops
+        self.bar.update(count)
+        if crops:
+            self.bar.set_postfix_str(f"{self.summary.crops / (time.perf_counter() - self.start):.0f} crops/s", refresh=False)
+
+    def finish(self) -> ExtractSummary:
+        s = self.summary
+        if self.bar is not None:
+            self.bar.close()
+        self.hashes.close()
+        self.store.update_labels(self.relabels)
+        s.relabeled = len(self.relabels)
+        s.errors_csv = _write_errors(self.store.path, s.errors)
+        self.store.set_state(complete=s.failed == 0 and s.written + s.cached == len(self.sources), clips_expected=len(self.sources))
+        s.seconds = time.perf_counter() - self.start
+        return s
+
+
+def index_entry(src: ClipSource, clip: Clip) -> IndexEntry:
+    """The index record of a freshly extracted clip (row and checksums are filled in on write)."""
+    return IndexEntry(
+        content_hash=clip.content_hash, clip_id=src.clip_id, source=str(src.path), split=src.split,
+        target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
+        row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
+    )  # fmt: skip
+
+
 def run_extract(
     data: Path | str,
     config: ExtractConfig = ExtractConfig(),
     cache_dir: Path | str | None = None,
     on_error: str = "skip",
     progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> ExtractSummary:
-    """Extract every clip under ``data`` into the store for ``config``; see the module docstring."""
-    if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
-    start = time.perf_counter()
-    sources = discover_clips(data)
-    extractors = build_extractors(config)
-    fp, record = identity(extractors)
-    root = cache_root(cache_dir)
-    store = FeatureStore.create(root / fp, fp, record, [a for e in extractors for a in e.arrays()], config.settings())
-    summary = ExtractSummary(fingerprint=fp, store=str(store.path), clips_total=len(sources))
-    hashes = HashCache(root)
-    relabels: list[IndexEntry] = []
+    """Extract every clip under ``data`` into the store for ``config``; see the module docstring.
 
-    def relabel_if_changed(src: ClipSource, digest: str, target: int | None) -> None:
-        entry = store.entries[digest]
-        wanted = {"split": src.split, "clip_id": src.clip_id, "source": str(src.path)}
-        if target is not None:
-            wanted["target"] = target
-        if any(getattr(entry, k) != v for k, v in wanted.items()):
-            relabels.append(IndexEntry(**{**asdict(entry), **wanted}))
+    With ``workers`` (a local dask cluster) or ``scheduler`` (an existing one's address) the clips
+    are spread over dask workers instead (see :mod:`msgvip.pipelines.distributed`)."""
+    run = ExtractRun(data, config, cache_dir, on_error, progress)
+    with run.store.lease():
+        try:
+            if workers or scheduler:
+                from .distributed import extract_on_dask
 
-    def write(group: list[tuple[ClipSource, Clip]]) -> None:
-        """Extract a group here, then hand it to the writer thread (at most two groups queued)."""
+                extract_on_dask(run, workers=workers, scheduler=scheduler)
+            else:
+                _extract_here(run)
+        finally:
+            run.finish()
+    return run.summary
+
+
+def _extract_here(run: ExtractRun) -> None:
+    """Decode in worker processes, extract here, write in a background thread."""
+    writer = run.store.writer()
+    background = ThreadPoolExecutor(1, thread_name_prefix="msgvip-writer")
+    queued: list[Future] = []
+    group: list[tuple[ClipSource, Clip]] = []
+    added = 0
+
+    def store_group(entries: list[IndexEntry], features: list[dict[str, np.ndarray]], crops: int) -> None:
+        for entry, arrays in zip(entries, features):
+            run.committed(len(writer.add(entry, arrays)))
+        run.committed(0, crops)
+
+    def write() -> None:
+        """Extract the group here, then hand it to the writer thread (at most two groups queued)."""
         clips = [clip for _, clip in group]
-        features = extract_features(extractors, clips)
-        entries = [
-            IndexEntry(
-                content_hash=clip.content_hash, clip_id=src.clip_id, source=str(src.path), split=src.split,
-                target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
-                row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
-            )
-            for src, clip in group
-        ]  # fmt: skip
-        summary.crops += sum(int(c.person_mask.sum()) for c in clips)
-        bar.set_postfix_str(f"{summary.crops / (time.perf_counter() - start):.0f} crops/s", refresh=False)
+        features = extract_features(run.extractors, clips)
+        entries = [index_entry(src, clip) for src, clip in group]
         while len(queued) >= 2:
             queued.pop(0).result()
-        queued.append(background.submit(store_group, entries, features))
+        queued.append(background.submit(store_group, entries, features, sum(int(c.person_mask.sum()) for c in clips)))
         group.clear()
 
-    def store_group(entries: list[IndexEntry], features: list[dict[str, np.ndarray]]) -> None:
-        for entry, arrays in zip(entries, features):
-            bar.update(len(writer.add(entry, arrays)))
-
-    with store.lease():
-        store.touch()
-        store.set_state(complete=False, clips_expected=len(sources))
-        pending = []
-        for src in sources:
-            digest = hashes.get(src.path)
-            if digest is not None and digest in store:
-                summary.cached += 1
-                relabel_if_changed(src, digest, src.target)
-            else:
-                pending.append(src)
-        bar = tqdm(total=len(sources), initial=summary.cached, unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
-        writer = store.writer()
-        background = ThreadPoolExecutor(1, thread_name_prefix="msgvip-writer")
-        queued: list[Future] = []
-        group: list[tuple[ClipSource, Clip]] = []
-        group_crops = 0
-        added = 0
-        try:
-            for src, loaded in decode_clips(pending, config.num_workers):
-                if isinstance(loaded, ClipError):
-                    summary.failed += 1
-                    summary.errors.append({"path": loaded.path, "field": loaded.field, "message": loaded.message})
-                    bar.update(1)
-                    if on_error == "fail":
-                        raise ExtractAborted(str(loaded))
-                    continue
-                clip, stat = loaded
-                hashes.put(src.path, stat, clip.content_hash)
-                for key, count in clip.repairs.items():
-                    summary.repairs[key] = summary.repairs.get(key, 0) + count
-                if clip.content_hash in store or any(c.content_hash == clip.content_hash for _, c in group):
-                    summary.cached += 1  # or a second file with the same content in this run
-                    if clip.content_hash in store:
-                        relabel_if_changed(src, clip.content_hash, clip.target)
-                    bar.update(1)
-                    continue
-                group.append((src, clip))
-                added += 1
-                group_crops += int(clip.person_mask.sum())
-                if group_crops >= config.batch_size:
-                    write(group)
-                    group_crops = 0
-        finally:
-            # Clips decoded before an error or an interrupt are still worth committing.
-            write(group)
-            for future in queued:
-                future.result()
-            background.shutdown()
-            bar.update(len(writer.flush()))
-            bar.close()
-            hashes.close()
-            summary.written = len(writer.committed)
-            summary.cached += added - summary.written  # committed first by a concurrent writer
-            store.update_labels(relabels)
-            summary.relabeled = len(relabels)
-            summary.errors_csv = _write_errors(store.path, summary.errors)
-            store.set_state(complete=summary.failed == 0 and summary.written + summary.cached == len(sources), clips_expected=len(sources))
-            summary.seconds = time.perf_counter() - start
-    return summary
+    try:
+        for src, loaded in decode_clips(run.plan(), run.config.num_workers):
+            if isinstance(loaded, ClipError):
+                run.failed(loaded)
+                continue
+            clip, stat = loaded
+            run.decoded(src, clip.content_hash, clip.repairs, stat)
+            if clip.content_hash in run.store or any(c.content_hash == clip.content_hash for _, c in group):
+                run.cached(src, clip.content_hash, clip.target)
+                continue
+            group.append((src, clip))
+            added += 1
+            if sum(int(c.person_mask.sum()) for _, c in group) >= run.config.batch_size:
+                write()
+    finally:
+        # Clips decoded before an error or an interrupt are still worth committing.
+        write()
+        for future in queued:
+            future.result()
+        background.shutdown()
+        run.committed(len(writer.flush()))
+        run.summary.cached += added - len(writer.committed)  # committed first by a concurrent writer
 
 
 def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
