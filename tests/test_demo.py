@@ -12,10 +12,21 @@ from msgvip.pipelines.demo import DEMO_MODEL, DEMO_TRAIN, run_demo
 def test_model_from_a_store_beats_both_heuristics(tmp_path):
     data = DemoDataConfig(clips=140, frames=12, persons=6, seed=3, splits=(("train", 0.6), ("val", 0.25), ("test", 0.15)))
     model = replace(DEMO_MODEL, hidden=32, temporal_layers=1)
-    result = run_demo(tmp_path / "demo", data=data, model=model, training=replace(DEMO_TRAIN, epochs=10), progress=False)
+    result = run_demo(tmp_path / "demo", ("geometry",), data=data, model=model, training=replace(DEMO_TRAIN, epochs=10), progress=False)
     assert json.loads((result.run_dir / "config.json").read_text())["fingerprint"] == result.extract.fingerprint
     for split, metrics in (("val", result.val), ("test", result.test)):
         ours = metrics["model"]["rank@1"]
         heuristics = max(metrics["largest_box"]["rank@1"], metrics["most_central"]["rank@1"])
         print(f"{split}: model {ours:.2f}, largest box {metrics['largest_box']['rank@1']:.2f}, most central {metrics['most_central']['rank@1']:.2f}")
         assert ours >= heuristics + 0.2, f"{split}: model {ours:.2f} vs best heuristic {heuristics:.2f}"
+
+
+def test_demo_runs_every_family_with_local_random_backbones(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the demo must never need the hub
+    data = DemoDataConfig(clips=30, frames=6, persons=4, seed=1)
+    result = run_demo(tmp_path / "demo", data=data, model=replace(DEMO_MODEL, hidden=16), training=replace(DEMO_TRAIN, epochs=2))
+    assert "RANDOMLY initialised" in capsys.readouterr().out
+    assert result.extract.ok and result.extract.written == 30
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert set(config["families"]) == {"appearance", "face", "geometry", "pose"}
+    assert result.test["clips"] > 0 and (result.run_dir / "best.pt").exists()

@@ -29,6 +29,28 @@ cache_dir_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
 
 
+def model_options(fn: Callable) -> Callable:
+    """Flags that choose what the model families compute (they reach the fingerprint)."""
+    defaults = ExtractConfig()
+    options = [
+        click.option("--features", default="geometry", show_default=True, help="Comma-separated feature families: appearance, pose, face, geometry."),
+        click.option("--backbone", default=defaults.backbone, show_default=True, help="DINOv2 for appearance and face: hub id or local directory."),
+        click.option("--pose-model", default=defaults.pose_model, show_default=True, help="ViTPose for pose and face: hub id or local directory."),
+        click.option("--crop-size", default=defaults.crop_size, show_default=True, help="Appearance and face crop size in pixels."),
+        click.option("--context", default=defaults.context, show_default=True, help="Context padding around each box, as a fraction of its size."),
+        click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default=defaults.pooling, show_default=True, help="Appearance pooling of DINOv2 tokens."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=defaults.dtype, show_default=True, help="Compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)."),
+        click.option("--local-files-only", is_flag=True, help="Never reach the model hub; models must be local or cached."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def extract_config(features: str, **fields) -> ExtractConfig:
+    return ExtractConfig(features=tuple(f.strip() for f in features.split(",") if f.strip()), **fields)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn the library's expected errors into one-line click errors (exit 1, no traceback)."""
 
@@ -95,19 +117,20 @@ def demo(out: Path) -> None:
 
 @main.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--features", default="geometry", show_default=True, help="Comma-separated feature families.")
+@model_options
 @cache_dir_option
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="Skip a broken clip (and report it) or stop the run.")
 @click.option("--batch-size", default=ExtractConfig.batch_size, show_default=True, help="Crops per model call (does not change the features).")
-@click.option("--num-workers", default=ExtractConfig.num_workers, show_default=True, help="Clip-decoding workers (does not change the features).")
+@click.option("--num-workers", default=ExtractConfig.num_workers, show_default=True, help="Clip-decoding worker processes (does not change the features).")
+@click.option("--device", default=ExtractConfig.device, show_default=True, help="Where the models run: cpu, cuda, cuda:1 (does not change the features).")
 @click.option("--workers", type=click.IntRange(min=1), help="Spread clips over a local dask cluster of N workers (one per GPU with --device cuda).")
 @click.option("--scheduler", help="Spread clips over an existing dask cluster at this address (tcp://host:8786).")
 @json_option
 @user_errors
-def extract(data: Path, features: str, cache_dir: Path | None, on_error: str, batch_size: int, num_workers: int, workers: int | None, scheduler: str | None, as_json: bool) -> None:
+def extract(data: Path, cache_dir: Path | None, on_error: str, workers: int | None, scheduler: str | None, as_json: bool, **fields) -> None:
     """Extract features of every clip under DATA (a folder of split folders, or a manifest .csv)
     into the store for this config. Clips already in the store are skipped."""
-    config = ExtractConfig(features=_families(features), batch_size=batch_size, num_workers=num_workers)
+    config = extract_config(**fields)
     summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json, workers=workers, scheduler=scheduler)
     if as_json:
         print_json(summary.to_json())
@@ -149,8 +172,8 @@ def _default_run_dir(fingerprint: str) -> Path:
 
 @main.command()
 @click.option("--store", "store_ref", help="Store to train from: fingerprint, unique prefix, or path.")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Clips to extract first (instead of --store).")
-@click.option("--features", default="geometry", show_default=True, help="Feature families, with --data.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Clips to extract first (instead of --store), with the model flags below.")
+@model_options
 @cache_dir_option
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<time>-<fingerprint>].")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML with [model] and [train] sections.")
@@ -164,7 +187,7 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV (clip_id, target) overriding the store's labels.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
 @user_errors
-def train(store_ref, data, features, cache_dir, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels, resume) -> None:
+def train(store_ref, data, cache_dir, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels, resume, **model_fields) -> None:
     """Train the ranker on a store's train split, selecting on its val split."""
     from .pipelines.train import store_for_training
     from .ranker import read_label_overrides, train as train_run
@@ -173,7 +196,7 @@ def train(store_ref, data, features, cache_dir, run_dir, config_file, epochs, ba
         raise click.UsageError("--resume needs --out RUN_DIR")
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory}
     train_config, model_config = _train_configs(config_file, overrides)
-    store, _ = store_for_training(store_ref, data, ExtractConfig(features=_families(features)), cache_dir)
+    store, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir)
     run_dir = run_dir or _default_run_dir(store.fingerprint)
     summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume)
     if summary.rank != 0:
@@ -221,10 +244,6 @@ def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cac
     store = store_for_prediction(run_dir, data_or_store, cache_dir)
     count = predict_run(run_dir, store, out, split)
     click.echo(f"ranked {count} clips -> {out}")
-
-
-def _families(features: str) -> tuple[str, ...]:
-    return tuple(f.strip() for f in features.split(",") if f.strip())
 
 
 def _print_metrics_table(result: dict) -> None:

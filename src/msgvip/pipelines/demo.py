@@ -16,6 +16,7 @@ from ..ranker import RankerConfig, TrainConfig, evaluate_run, train
 from ..store.feature_store import FeatureStore
 from .extract import ExtractSummary, run_extract
 
+DEMO_FEATURES = ("appearance", "face", "geometry", "pose")
 DEMO_DATA = DemoDataConfig(clips=240, frames=24, persons=8, height=96, width=160, seed=0)
 DEMO_MODEL = RankerConfig(hidden=64, gat_heads=4, temporal_heads=4, event_heads=4, pool_heads=4, relation_heads=4, ff_mult=2)
 DEMO_TRAIN = TrainConfig(epochs=20, batch_size=8, lr=2e-3, patience=8, seed=0)
@@ -31,16 +32,25 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(out: Path, features: tuple[str, ...] = ("geometry",), data: DemoDataConfig = DEMO_DATA,
+def run_demo(out: Path, features: tuple[str, ...] = DEMO_FEATURES, data: DemoDataConfig = DEMO_DATA,
              model: RankerConfig = DEMO_MODEL, training: TrainConfig = DEMO_TRAIN, progress: bool = True) -> DemoResult:  # fmt: skip
-    """Run every stage under ``out``: ``data/``, ``cache/`` (the store), ``run/`` (the ranker)."""
+    """Run every stage under ``out``: ``data/``, ``models/`` (tiny random backbones, when a model
+    family is asked for), ``cache/`` (the store), ``run/`` (the ranker)."""
     start = time.perf_counter()
     out = Path(out)
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] synthetic clips -> {out / 'data'}")
     write_demo_data(out / "data", data, progress=progress)
+    config = ExtractConfig(features=features)
+    if set(features) - {"geometry"}:
+        from ..extract.backbones import DEMO_CROP_SIZE, make_demo_backbones
+
+        models = make_demo_backbones(out / "models")
+        config = ExtractConfig(features=features, crop_size=DEMO_CROP_SIZE, backbone=str(models["backbone"]), pose_model=str(models["pose_model"]))
+        say(f"      NOTE: the demo backbones in {out / 'models'} are tiny and RANDOMLY initialised (no download);")
+        say("      their features are real computations but carry no pretrained knowledge. Use --backbone for real runs.")
     say(f"[2/4] extract {','.join(features)} -> {out / 'cache'}")
-    summary = run_extract(out / "data", ExtractConfig(features=features), cache_dir=out / "cache", progress=progress)
+    summary = run_extract(out / "data", config, cache_dir=out / "cache", progress=progress)
     store = FeatureStore.open(Path(summary.store))
     say(f"      store {summary.fingerprint[:12]}: {summary.written} clips extracted, {summary.cached} cached")
     say(f"[3/4] train the ranker -> {out / 'run'}")
