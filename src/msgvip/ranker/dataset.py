@@ -8,10 +8,12 @@ Training batches get a random permutation of person slots, so the model cannot l
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 
 import numpy as np
 import pandas as pd
@@ -50,6 +52,26 @@ def read_label_overrides(path: Path) -> dict[str, int]:
         return {row[key]: int(row["target"]) for _, row in table.iterrows()}
     except ValueError as err:
         raise LabelError(f"{path}: column 'target': {err}") from None
+
+
+def _in_background(items: Iterator, depth: int) -> Iterator:
+    """Run an iterator in a daemon thread, ``depth`` items ahead; its errors re-raise here."""
+    done = object()
+    queue: Queue = Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            queue.put(err)
+        queue.put(done)
+
+    threading.Thread(target=produce, daemon=True, name="msgvip-batches").start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _memory_budget() -> int:
@@ -154,10 +176,16 @@ class StoreDataset:
         rank: int = 0,
         world_size: int = 1,
         window_chunks: int = 4,
+        prefetch: int = 3,
     ) -> Iterator[ClipBatch]:
-        """Batches of whole clips (see :meth:`epoch_order`); streamed windows are read one ahead
-        by a background thread. With ``world_size`` > 1 each rank takes every world_size-th clip
-        (padded by repetition so all ranks take the same number of steps)."""
+        """Batches of whole clips (see :meth:`epoch_order`), assembled ``prefetch`` batches ahead by
+        a background thread (and streamed windows read one window ahead), so the training loop
+        only dequeues. With ``world_size`` > 1 each rank takes every world_size-th clip (padded by
+        repetition so all ranks take the same number of steps)."""
+        batches = self._batches(batch_size, shuffle, permute_slots, seed, rank, world_size, window_chunks)
+        return _in_background(batches, prefetch) if prefetch else batches
+
+    def _batches(self, batch_size, shuffle, permute_slots, seed, rank, world_size, window_chunks) -> Iterator[ClipBatch]:
         g = torch.Generator().manual_seed(seed)
         windows = self.epoch_order(shuffle, g, window_chunks)
         if world_size > 1:
