@@ -23,7 +23,7 @@ from msgvip.config import ExtractConfig
 from msgvip.data.synthetic import DemoDataConfig, write_demo_data
 from msgvip.extract.backbones import DEMO_CROP_SIZE, make_demo_backbones
 from msgvip.pipelines import run_extract
-from msgvip.pipelines.distributed import _local_cluster
+from msgvip.pipelines.distributed import local_cluster
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
             # The cluster is started and its workers have imported msgvip before the clock starts:
             # the figure is the steady work rate (model loading per worker is included).
             start = time.perf_counter()
-            with _local_cluster(n, config) as cluster, Client(cluster) as client:
+            with local_cluster(n, config) as cluster, Client(cluster) as client:
                 client.run(importlib.import_module, "msgvip.pipelines.distributed")
                 startup[n] = time.perf_counter() - start
                 runs[f"{n} dask worker{'s' if n > 1 else ''}"] = run_extract(tmp / "data", config, cache_dir=tmp / f"c{n}", progress=False, scheduler=cluster.scheduler_address)

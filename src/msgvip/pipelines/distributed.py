@@ -71,7 +71,7 @@ def _rows_per_chunk_of_first(run: ExtractRun, pending: list[ClipSource]) -> int:
     return DEFAULT_GROUP
 
 
-def _local_cluster(workers: int, config: ExtractConfig):
+def local_cluster(workers: int, config: ExtractConfig):
     """One worker per GPU when extracting on CUDA (dask-cuda), else CPU worker processes."""
     if config.device.startswith("cuda"):
         try:
@@ -91,7 +91,7 @@ def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str 
     pending = run.plan()
     size = run.store.rows_per_chunk or _rows_per_chunk_of_first(run, pending)
     groups = [pending[i : i + size] for i in range(0, len(pending), size)]
-    cluster = None if scheduler else _local_cluster(workers or 1, run.config)
+    cluster = None if scheduler else local_cluster(workers or 1, run.config)
     client = Client(scheduler or cluster)
     futures = []
     try:
