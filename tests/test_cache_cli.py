@@ -150,3 +150,11 @@ def test_parsers():
         with pytest.raises(ValueError):
             parse_size(bad)
     assert "not understood" in run("cache", "gc", "--older-than", "soon", code=2).output
+
+
+def test_cache_root_urls(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.delenv("MSGVIP_CACHE", raising=False)
+    summary = json.loads(run("extract", str(tiny_data), "--cache-dir", f"file://{tmp_path / 'viaurl'}", "--json").stdout)
+    assert summary["store"].startswith(str(tmp_path / "viaurl"))
+    refused = run("cache", "ls", "--cache-dir", "s3://bucket/msgvip", code=1)
+    assert "s3:// storage is not supported" in refused.output

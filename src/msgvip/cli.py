@@ -22,7 +22,7 @@ USER_ERRORS = (StoreError, SourceError, UnknownFeatureError, ExtractAborted, Loc
 
 cache_dir_option = click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=str,  # a path or a file:// URL; other URLs are refused with a reason
     default=None,
     help=f"Cache root holding the stores [default: ${cache_mod.CACHE_ENV}, else the user cache dir].",
 )

@@ -23,8 +23,22 @@ CACHE_ENV = "MSGVIP_CACHE"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$MSGVIP_CACHE``, else the platform's user cache dir."""
-    chosen = cache_dir or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("msgvip")
+    """``cache_dir``, else ``$MSGVIP_CACHE``, else the platform's user cache dir.
+
+    A ``file://`` URL is a local path. Other URLs (``s3://``, ``gs://``, ...) are refused: the
+    store's commit protocol needs ``flock`` and atomic rename, which object stores lack, and a
+    store that silently lost commits would be worse than none. A shared POSIX file system
+    (NFSv4, Lustre, GPFS, CephFS) mounted on every worker is the supported shared cache.
+    """
+    chosen = str(cache_dir or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("msgvip"))
+    scheme, sep, rest = chosen.partition("://")
+    if sep and scheme == "file":
+        chosen = rest
+    elif sep:
+        raise StoreError(
+            f"cache root {chosen!r}: {scheme}:// storage is not supported (no file locks or atomic renames, "
+            "so concurrent writers could lose commits); use a local disk or a shared POSIX file system"
+        )
     return Path(chosen).expanduser()
 
 
