@@ -35,6 +35,21 @@ def save_clip(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def assert_same_clips(store_dir: Path, reference_dir: Path) -> None:
+    """Two stores hold the same clips, clip for clip: index records, checksums and arrays."""
+    from msgvip.store import FeatureStore
+
+    done, ref = FeatureStore.open(store_dir), FeatureStore.open(reference_dir)
+    assert set(done.entries) == set(ref.entries)
+    for digest, entry in ref.entries.items():
+        mine = done.entries[digest]
+        assert (mine.clip_id, mine.split, mine.target, mine.checksums) == (entry.clip_id, entry.split, entry.target, entry.checksums)
+        got, want = done.read_clip(mine), ref.read_clip(entry)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert done.verify() == []
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache root; $MSGVIP_CACHE points at it so no test touches the user's cache."""

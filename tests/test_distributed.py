@@ -7,12 +7,10 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
-from conftest import save_clip, tiny_clip
+from conftest import assert_same_clips, save_clip, tiny_clip
 
 from msgvip.pipelines import run_extract
-from msgvip.store import FeatureStore
 from msgvip.store.feature_store import INDEX_FILE
 
 distributed = pytest.importorskip("dask.distributed")
@@ -22,18 +20,6 @@ def make_data(root, count: int):
     for i in range(count):
         save_clip(root / ("train" if i % 4 else "val") / f"clip_{i:03d}.npz", tiny_clip(seed=i, frames=12, height=64, width=96, slots=6, people=1 + i % 5))
     return root
-
-
-def assert_same_clips(store_dir, reference_dir):
-    done, ref = FeatureStore.open(store_dir), FeatureStore.open(reference_dir)
-    assert set(done.entries) == set(ref.entries)
-    for digest, entry in ref.entries.items():
-        mine = done.entries[digest]
-        assert (mine.clip_id, mine.split, mine.target, mine.checksums) == (entry.clip_id, entry.split, entry.target, entry.checksums)
-        got, want = done.read_clip(mine), ref.read_clip(entry)
-        for name in want:
-            np.testing.assert_array_equal(got[name], want[name])
-    assert done.verify() == []
 
 
 @pytest.fixture(scope="module")

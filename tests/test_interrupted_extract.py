@@ -10,7 +10,7 @@ import sys
 import time
 
 import numpy as np
-from conftest import save_clip, tiny_clip
+from conftest import assert_same_clips, save_clip, tiny_clip
 
 from msgvip.pipelines import run_extract
 from msgvip.store import FeatureStore
@@ -60,12 +60,5 @@ def test_sigkill_at_several_points_then_rerun_equals_uninterrupted(tmp_path):
 
     final = run_extract(data, cache_dir=tmp_path / "cache", progress=False)
     assert final.ok and final.written + final.cached == 240 and final.written < 240
-    done, ref = FeatureStore.open(store_dir), FeatureStore.open(tmp_path / "reference" / reference.fingerprint)
-    assert set(done.entries) == set(ref.entries)
-    for digest, entry in ref.entries.items():
-        mine = done.entries[digest]
-        assert (mine.clip_id, mine.split, mine.target, mine.checksums) == (entry.clip_id, entry.split, entry.target, entry.checksums)
-        got, want = done.read_clip(mine), ref.read_clip(entry)
-        for name in want:
-            np.testing.assert_array_equal(got[name], want[name])
-    assert done.state()["complete"] and done.verify() == []
+    assert_same_clips(store_dir, tmp_path / "reference" / reference.fingerprint)
+    assert FeatureStore.open(store_dir).state()["complete"]
