@@ -133,6 +133,8 @@ class FeatureStore:
         self._entries: dict[str, IndexEntry] = {}
         self._index_offset = 0
         self._handles: dict[str, zarr.Array] = {}
+        self._last_chunk: dict[str, tuple[int, np.ndarray]] = {}  # array name -> (chunk index, rows)
+        self._rows_per_chunk: int | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -242,11 +244,12 @@ class FeatureStore:
 
     @property
     def rows_per_chunk(self) -> int | None:
-        """Clip rows per chunk of every array (None before the first write)."""
-        meta = self.path / ZARR_DIR / MASK_ARRAY / "zarr.json"
-        if not meta.exists():
-            return None
-        return int(json.loads(meta.read_text())["chunk_grid"]["configuration"]["chunk_shape"][0])
+        """Clip rows per chunk of every array (None before the first write; fixed after it)."""
+        if self._rows_per_chunk is None:
+            meta = self.path / ZARR_DIR / MASK_ARRAY / "zarr.json"
+            if meta.exists():
+                self._rows_per_chunk = int(json.loads(meta.read_text())["chunk_grid"]["configuration"]["chunk_shape"][0])
+        return self._rows_per_chunk
 
     def _rows_per_chunk_for(self, frames: int, persons: int) -> int:
         """The largest power of two of rows whose biggest array chunk stays under the target size."""
@@ -304,9 +307,21 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- reading
     def read_clip(self, entry: IndexEntry, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """The clip's arrays cropped to its own (frames, persons)."""
+        """The clip's arrays cropped to its own (frames, persons).
+
+        The last decoded chunk of each array is kept, so reading clips in row order decodes each
+        chunk once. Safe because a chunk is written whole, once, before any of its rows is
+        committed, and never again."""
         names = [a.name for a in self.arrays] if names is None else names
-        return {n: self._handle(n, entry.row)[entry.row, : entry.frames, : entry.persons] for n in names}
+        block = self.rows_per_chunk or 1
+        chunk = entry.row // block
+        out = {}
+        for n in names:
+            cached = self._last_chunk.get(n)
+            if cached is None or cached[0] != chunk:
+                cached = self._last_chunk[n] = (chunk, self._handle(n, entry.row)[chunk * block : (chunk + 1) * block])
+            out[n] = cached[1][entry.row - chunk * block, : entry.frames, : entry.persons]
+        return out
 
     def read_rows(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Whole padded rows, (len(rows), T, N, ...) per array; rows must be committed ones."""
