@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -60,6 +61,13 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise click.ClickException(
+                f"no space left on the device while writing {err.filename or ''}: everything committed before "
+                "is intact; free some space (msgvip cache gc) and rerun to finish"
+            ) from None
 
     return wrapper
 
@@ -316,6 +324,9 @@ def cache_info(fingerprint: str, cache_dir: Path | None, as_json: bool) -> None:
 def cache_verify(fingerprint: str, cache_dir: Path | None, as_json: bool) -> None:
     """Re-read every clip of a store and check its checksums; exit 1 if any clip is bad."""
     store = FeatureStore.open(cache_mod.resolve_store(cache_mod.cache_root(cache_dir), fingerprint))
+    index_problem = store.index_problem()
+    if index_problem:
+        raise click.ClickException(index_problem)
     with store.lease():
         problems = store.verify()
     bad = [{"clip_id": e.clip_id, "content_hash": e.content_hash, "row": e.row, "problem": p} for e, p in problems]

@@ -189,11 +189,17 @@ class FeatureStore:
             f.seek(self._index_offset)
             data = f.read()
         end = data.rfind(b"\n") + 1
+        names = {a.name for a in self.arrays}
         for line in data[:end].splitlines():
             try:
                 entry = IndexEntry.from_line(line.decode("utf-8"))
             except (ValueError, TypeError, UnicodeDecodeError):
                 continue  # a torn line from a killed writer, later overwritten: never data
+            if set(entry.checksums) != names or entry.row < 0:
+                raise StoreError(
+                    f"{index}: entry for clip {entry.clip_id!r} has arrays {sorted(entry.checksums)} at row {entry.row}, "
+                    f"this store holds {sorted(names)}: the index belongs to another store or is damaged (nothing was changed)"
+                )
             self._entries[entry.content_hash] = entry  # the last line for a clip wins (relabels)
         self._index_offset += end
 
@@ -338,6 +344,13 @@ class FeatureStore:
             else:
                 out[n] = handle.get_orthogonal_selection((rows,))
         return out
+
+    def index_problem(self) -> str | None:
+        """A store-level problem of the index, or None: arrays with rows but no index at all."""
+        if not (self.path / INDEX_FILE).exists() and self.rows_per_chunk is not None:
+            rows = zarr.open_array(str(self.path / ZARR_DIR), path=MASK_ARRAY, mode="r").shape[0]
+            return f"{self.path / INDEX_FILE}: index.jsonl is missing while the arrays hold {rows} rows; no clip counts as committed (nothing was changed)"
+        return None
 
     def verify(self) -> list[tuple[IndexEntry, str]]:
         """Re-read every committed clip, a chunk at a time, and compare checksums; returns
