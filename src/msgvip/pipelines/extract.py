@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..config import ExtractConfig
@@ -231,7 +230,7 @@ def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
         return err
 
 
-class _SourceDataset(torch.utils.data.Dataset):
+class _SourceDataset:  # a map-style dataset; DataLoader needs only __len__ and __getitem__
     def __init__(self, sources: list[ClipSource]):
         self.sources = sources
 
@@ -254,7 +253,9 @@ def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[
     if num_workers == 0 or len(sources) < 2:
         yield from ((src, _load(src)) for src in sources)
         return
-    loader = torch.utils.data.DataLoader(
+    from torch.utils.data import DataLoader  # only here: the cache commands start without torch
+
+    loader = DataLoader(
         _SourceDataset(sources), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
         prefetch_factor=4, multiprocessing_context="fork",
     )  # fmt: skip
