@@ -146,6 +146,15 @@ class StoreInfo:
         return asdict(self)
 
 
+def _model_names(record: object) -> list[str]:
+    """``<model_type>@<weights digest>`` of every model identity found in a features record."""
+    if isinstance(record, dict):
+        if "weights" in record and "model_type" in record:
+            return [f"{record['model_type']}@{str(record['weights'])[:8]}"]
+        return [name for value in record.values() for name in _model_names(value)]
+    return []
+
+
 def store_info(path: Path) -> StoreInfo:
     store = FeatureStore.open(path)
     per_split: dict[str, int] = {}
@@ -159,7 +168,7 @@ def store_info(path: Path) -> StoreInfo:
         fingerprint=store.fingerprint,
         path=str(path),
         features=sorted(specs),
-        models=sorted({str(s["model"]) for s in specs.values() if isinstance(s, dict) and s.get("model")}),
+        models=sorted(set(_model_names(specs))),
         clips=len(store),
         clips_per_split=dict(sorted(per_split.items())),
         size_on_disk=directory_size(path),
