@@ -24,6 +24,7 @@ from .extract import ExtractRun, _load, extract_features, index_entry
 
 DEFAULT_GROUP = 16  # clips per task when no clip says how big a chunk is
 _WORKER_EXTRACTORS: dict[str, list[Extractor]] = {}  # per worker process: load models once
+_WORKER_STORES: dict[tuple[str, float], FeatureStore] = {}  # and read a store's index once, then its tail
 
 
 def _extractors(config: ExtractConfig) -> list[Extractor]:
@@ -33,10 +34,14 @@ def _extractors(config: ExtractConfig) -> list[Extractor]:
     return _WORKER_EXTRACTORS[key]
 
 
-def extract_group(sources: list[ClipSource], config: ExtractConfig, store_path: str) -> list[dict]:
+def extract_group(sources: list[ClipSource], config: ExtractConfig, store_path: str, created_at: float) -> list[dict]:
     """One task: decode, extract, write and commit a group of clips; returns one small outcome
-    per clip (``error``, or ``digest``/``stat``/``repairs``/``committed``)."""
-    store = FeatureStore.open(Path(store_path))
+    per clip (``error``, or ``digest``/``stat``/``repairs``/``committed``). ``created_at`` tells a
+    store apart from an earlier one at the same path (deleted by gc, then extracted again)."""
+    store = _WORKER_STORES.get((store_path, created_at))
+    if store is None:
+        store = _WORKER_STORES[(store_path, created_at)] = FeatureStore.open(Path(store_path))
+    store.refresh()
     outcomes, todo = [], []
     for src in sources:
         loaded = _load(src)
@@ -95,7 +100,9 @@ def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str 
     client = Client(scheduler or cluster)
     futures = []
     try:
-        futures = client.map(extract_group, groups, config=run.config, store_path=str(run.store.path), retries=2, pure=False)
+        futures = client.map(
+            extract_group, groups, config=run.config, store_path=str(run.store.path), created_at=run.store.created_at, retries=2, pure=False
+        )
         for future in as_completed(futures):
             for outcome in future.result():
                 src = outcome["source"]
