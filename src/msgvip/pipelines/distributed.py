@@ -12,6 +12,7 @@ the task elsewhere, and clips it had committed come back as cached.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ConfigError, ExtractConfig
@@ -22,6 +23,7 @@ from ..store.feature_store import FeatureStore
 from ..store.fingerprint import canonical_json
 from .extract import ExtractRun, _load, extract_features, index_entry
 
+DECODE_THREADS = 4  # per task, to decode the group's clips in parallel
 DEFAULT_GROUP = 16  # clips per task when no clip says how big a chunk is
 _WORKER_EXTRACTORS: dict[str, list[Extractor]] = {}  # per worker process: load models once
 _WORKER_STORES: dict[tuple[str, float], FeatureStore] = {}  # and read a store's index once, then its tail
@@ -43,8 +45,9 @@ def extract_group(sources: list[ClipSource], config: ExtractConfig, store_path: 
         store = _WORKER_STORES[(store_path, created_at)] = FeatureStore.open(Path(store_path))
     store.refresh()
     outcomes, todo = [], []
-    for src in sources:
-        loaded = _load(src)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:  # numpy's zip/zlib release the GIL
+        decoded = list(pool.map(_load, sources))
+    for src, loaded in zip(sources, decoded):
         if isinstance(loaded, ClipError):
             outcomes.append({"source": src, "error": loaded})
             continue
@@ -77,16 +80,24 @@ def _rows_per_chunk_of_first(run: ExtractRun, pending: list[ClipSource]) -> int:
 
 
 def local_cluster(workers: int, config: ExtractConfig):
-    """One worker per GPU when extracting on CUDA (dask-cuda), else CPU worker processes."""
-    if config.device.startswith("cuda"):
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            raise ConfigError("--workers with --device cuda needs dask-cuda (pip install dask-cuda), one worker per GPU") from None
-        return LocalCUDACluster(n_workers=workers, dashboard_address=None)
-    from dask.distributed import LocalCluster
+    """One worker per GPU when extracting on CUDA (dask-cuda), else CPU worker processes.
 
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    The nanny's default ``MALLOC_TRIM_THRESHOLD_=65536`` is left out of the workers' environment:
+    it makes glibc map and unmap every large tensor buffer, which doubled the time of an
+    extraction task here (1.7 s against 0.8 s for the same 16 clips)."""
+    import dask
+
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        if config.device.startswith("cuda"):
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                raise ConfigError("--workers with --device cuda needs dask-cuda (pip install dask-cuda), one worker per GPU") from None
+            return LocalCUDACluster(n_workers=workers, dashboard_address=None)
+        from dask.distributed import LocalCluster
+
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str | None = None) -> None:
