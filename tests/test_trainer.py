@@ -122,3 +122,18 @@ def test_ddp_two_cpu_processes_train_one_epoch(store, tmp_path, cache_dir):
     assert (run_dir / "best.pt").exists() and (run_dir / "predictions.csv").exists()
     assert len(list(csv.DictReader(open(run_dir / "metrics.csv")))) == 1
     assert proc.stdout.count("run: ") == 1  # only rank 0 reports and writes
+
+
+def test_batches_are_full_across_chunk_windows(tmp_path, cache_dir):
+    """One clip per chunk (as with 768-d appearance at full size): windows of a few chunks must
+    not cut batches short."""
+    data = tmp_path / "data"
+    for i in range(23):
+        save_clip(data / "train" / f"clip_{i:02d}.npz", tiny_clip(seed=i, slots=5))
+    store = FeatureStore.open(Path(run_extract(data, cache_dir=cache_dir, progress=False).store))
+    dataset = StoreDataset(store, "train", in_memory="no")
+    dataset.store._rows_per_chunk = 1  # pretend each chunk holds one clip: windows of 2 clips
+    sizes = [len(b.index) for b in dataset.batches(8, shuffle=True, window_chunks=2)]
+    assert sizes == [8, 8, 7]
+    seen = torch.cat([b.index for b in dataset.batches(8, shuffle=True, window_chunks=2)])
+    assert sorted(seen.tolist()) == list(range(23))

@@ -194,22 +194,33 @@ class StoreDataset:
             windows = [np.resize(order, per_rank * world_size)[rank::world_size]]
         permute = g if permute_slots else None
 
-        def window_batches(positions: np.ndarray, data: dict[str, torch.Tensor]) -> Iterator[ClipBatch]:
-            for i in range(0, len(positions), batch_size):
-                take = torch.arange(i, min(i + batch_size, len(positions)))
-                yield self._batch(positions[i : i + batch_size], {k: v[take] for k, v in data.items()}, permute)
+        def loaded_windows() -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+            if self._cache is not None:
+                for positions in windows:
+                    yield positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()}
+                return
+            with ThreadPoolExecutor(1) as pool:
+                ahead = pool.submit(self._read, windows[0]) if windows else None
+                for i, positions in enumerate(windows):
+                    data = ahead.result()
+                    if i + 1 < len(windows):
+                        ahead = pool.submit(self._read, windows[i + 1])
+                    yield positions, data
 
-        if self._cache is not None:
-            for positions in windows:
-                yield from window_batches(positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()})
-            return
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(self._read, windows[0]) if windows else None
-            for i, positions in enumerate(windows):
-                data = ahead.result()
-                if i + 1 < len(windows):
-                    ahead = pool.submit(self._read, windows[i + 1])
-                yield from window_batches(positions, data)
+        # Windows rarely hold a multiple of batch_size clips (chunks mix splits; the last one is
+        # partial), so the remainder of each window is carried into the next: every batch but
+        # the epoch's last is full.
+        carry_positions, carry = np.arange(0), None
+        for positions, data in loaded_windows():
+            if carry is not None:
+                positions = np.concatenate([carry_positions, positions])
+                data = {k: torch.cat([carry[k], v]) for k, v in data.items()}
+            full = len(positions) // batch_size * batch_size
+            for i in range(0, full, batch_size):
+                yield self._batch(positions[i : i + batch_size], {k: v[i : i + batch_size] for k, v in data.items()}, permute)
+            carry_positions, carry = positions[full:], {k: v[full:] for k, v in data.items()}
+        if len(carry_positions):
+            yield self._batch(carry_positions, carry, permute)
 
     def valid_slots(self) -> torch.Tensor:
         """(C, N) bool: slots holding a person in at least one frame of each clip."""
