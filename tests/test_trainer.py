@@ -18,7 +18,7 @@ from conftest import save_clip, tiny_clip
 
 from msgvip.cli import main
 from msgvip.pipelines import run_extract
-from msgvip.ranker import RankerConfig, StoreDataset, TrainConfig, train
+from msgvip.ranker import RankerConfig, StoreDataset, TrainConfig, read_label_overrides, train
 from msgvip.store import FeatureStore
 
 SMALL_MODEL = RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2, ff_mult=2)
@@ -137,3 +137,20 @@ def test_batches_are_full_across_chunk_windows(tmp_path, cache_dir):
     assert sizes == [8, 8, 7]
     seen = torch.cat([b.index for b in dataset.batches(8, shuffle=True, window_chunks=2)])
     assert sorted(seen.tolist()) == list(range(23))
+
+
+def test_label_and_split_overrides_from_a_manifest(store, tmp_path):
+    first, second = StoreDataset(store, "train").entries[:2]
+    manifest = tmp_path / "fix.csv"
+    source = Path(first.source).relative_to(tmp_path)  # the extraction manifest's format: path, split, target
+    manifest.write_text(f"path,split,target\n{source},val,\n{Path(second.source).relative_to(tmp_path)},,{first.target}\n")
+    labels = read_label_overrides(manifest)
+    train_split, val_split = StoreDataset(store, "train", labels=labels), StoreDataset(store, "val", labels=labels)
+    assert first.content_hash in {e.content_hash for e in val_split.entries}
+    assert first.content_hash not in {e.content_hash for e in train_split.entries} and len(train_split) == 11
+    moved = [e.content_hash for e in train_split.entries].index(second.content_hash)
+    assert int(train_split.targets[moved]) == first.target
+    by_id = tmp_path / "ids.csv"
+    by_id.write_text(f"clip_id,target\n{second.clip_id},-1\n")
+    relabeled = StoreDataset(store, "train", labels=read_label_overrides(by_id))
+    assert int(relabeled.targets[[e.clip_id for e in relabeled.entries].index(second.clip_id)]) == -1

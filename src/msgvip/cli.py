@@ -192,7 +192,7 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--device", help="cpu, cuda or auto [default: auto].")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs [default: 8].")
 @click.option("--in-memory", type=click.Choice(["auto", "yes", "no"]), help="Hold the splits in RAM or stream them [default: auto].")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV (clip_id, target) overriding the store's labels.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
 @user_errors
 def train(store_ref, data, cache_dir, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels, resume, **model_fields) -> None:
@@ -220,7 +220,7 @@ def train(store_ref, data, cache_dir, run_dir, config_file, epochs, batch_size, 
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True, help="Split of the run's store to evaluate.")
 @cache_dir_option
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV (clip_id, target) overriding the store's labels.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
 @json_option
 @user_errors
 def evaluate(run_dir: Path, split: str, cache_dir: Path | None, labels: Path | None, as_json: bool) -> None:

@@ -23,8 +23,9 @@ class ClipSource:
 
 
 def discover_clips(data: Path | str) -> list[ClipSource]:
-    """All clips under a data folder, or listed by a manifest CSV, in a stable order."""
-    data = Path(data)
+    """All clips under a data folder, or listed by a manifest CSV, in a stable order, with
+    absolute paths (the store's index records where each clip came from)."""
+    data = Path(data).absolute()
     if data.is_file() and data.suffix.lower() == ".csv":
         return read_manifest(data)
     if not data.is_dir():
@@ -59,7 +60,7 @@ def read_manifest(manifest: Path) -> list[ClipSource]:
     for (path, split), target in zip(table[["path", "split"]].itertuples(index=False), targets):
         if not path or not split:
             raise SourceError(f"{manifest}: empty 'path' or 'split' in a row (path={path!r}, split={split!r})")
-        resolved = Path(path) if Path(path).is_absolute() else manifest.parent / path
+        resolved = Path(path) if Path(path).is_absolute() else manifest.absolute().parent / path
         sources.append(ClipSource(resolved, split, str(Path(path).with_suffix("")), target))
     if not sources:
         raise SourceError(f"{manifest}: the manifest lists no clips")

@@ -42,16 +42,37 @@ class ClipBatch:
         return ClipBatch({k: move(v) for k, v in self.features.items()}, move(self.person_mask), move(self.target), self.index, self.slot_order)
 
 
-def read_label_overrides(path: Path) -> dict[str, int]:
-    """A CSV with ``clip_id`` (or ``content_hash``) and ``target`` columns -> {key: target}."""
+LabelOverrides = Mapping[str, Mapping[str, object]]  # clip id, content hash or source path -> {"target", "split"}
+
+
+def read_label_overrides(path: Path) -> dict[str, dict[str, object]]:
+    """A CSV that overrides the store's labels and/or splits.
+
+    It needs a key column, ``clip_id``, ``content_hash`` or ``path`` (the extraction manifest's
+    format; relative to the CSV's folder), and ``target`` and/or ``split`` columns; an empty cell
+    keeps the store's value."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    key = next((k for k in ("clip_id", "content_hash") if k in table.columns), None)
-    if key is None or "target" not in table.columns:
-        raise LabelError(f"{path}: needs columns clip_id (or content_hash) and target, has {list(table.columns)}")
-    try:
-        return {row[key]: int(row["target"]) for _, row in table.iterrows()}
-    except ValueError as err:
-        raise LabelError(f"{path}: column 'target': {err}") from None
+    key = next((k for k in ("clip_id", "content_hash", "path") if k in table.columns), None)
+    values = [c for c in ("target", "split") if c in table.columns]
+    if key is None or not values:
+        raise LabelError(f"{path}: needs a clip_id, content_hash or path column and a target and/or split column; has {list(table.columns)}")
+    overrides: dict[str, dict[str, object]] = {}
+    for number, row in enumerate(table.to_dict("records"), start=2):
+        ident = row[key] if key != "path" else _source_key(Path(path).parent / row[key])
+        change: dict[str, object] = {}
+        if row.get("target", ""):
+            try:
+                change["target"] = int(row["target"])
+            except ValueError:
+                raise LabelError(f"{path}: column 'target' row {number}: {row['target']!r} is not an integer slot") from None
+        if row.get("split", ""):
+            change["split"] = row["split"]
+        overrides[ident] = change
+    return overrides
+
+
+def _source_key(path: Path | str) -> str:
+    return str(Path(path).resolve())
 
 
 def _in_background(items: Iterator, depth: int) -> Iterator:
@@ -82,8 +103,8 @@ class StoreDataset:
     """The committed clips of one split (``None`` = all) of a store.
 
     ``families`` picks feature arrays (default: all the store holds); multi-dim families such as
-    pose (K, 3) are flattened to one vector per person-frame. ``labels`` maps clip ids or content
-    hashes to targets that override the store's.
+    pose (K, 3) are flattened to one vector per person-frame. ``labels`` (see
+    :func:`read_label_overrides`) overrides the store's targets and splits.
     """
 
     def __init__(
@@ -92,7 +113,7 @@ class StoreDataset:
         split: str | None,
         families: Sequence[str] | None = None,
         in_memory: str = "auto",
-        labels: Mapping[str, int] | None = None,
+        labels: LabelOverrides | None = None,
     ):
         self.store = store
         self.split = split
@@ -103,11 +124,18 @@ class StoreDataset:
             raise LabelError(f"{store.path}: no feature arrays {sorted(unknown)} (the store holds {available})")
         specs = {a.name: a for a in store.arrays}
         self.feature_dims = {f: int(np.prod(specs[f].shape)) for f in self.families}
-        self.entries: list[IndexEntry] = store.entries_for(split)
         labels = labels or {}
-        self.targets = torch.tensor(
-            [labels.get(e.clip_id, labels.get(e.content_hash, e.target)) for e in self.entries], dtype=torch.long
-        )
+
+        def override(entry: IndexEntry) -> Mapping[str, object]:
+            for key in (entry.clip_id, entry.content_hash, _source_key(entry.source)):
+                if key in labels:
+                    return labels[key]
+            return {}
+
+        chosen = [(e, override(e)) for e in store.entries_for()]
+        chosen = [(e, o) for e, o in chosen if split is None or o.get("split", e.split) == split]
+        self.entries: list[IndexEntry] = [e for e, _ in chosen]
+        self.targets = torch.tensor([int(o.get("target", e.target)) for e, o in chosen], dtype=torch.long)
         self.rows = np.array([e.row for e in self.entries], dtype=np.int64)
         self.frames = max((e.frames for e in self.entries), default=0)
         self.persons = max((e.persons for e in self.entries), default=0)

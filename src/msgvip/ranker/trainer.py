@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore
-from .dataset import ClipBatch, StoreDataset
+from .dataset import ClipBatch, LabelOverrides, StoreDataset
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
 from .model import ImportanceRanker, RankerConfig
@@ -230,7 +230,7 @@ def train(
     train_config: TrainConfig = TrainConfig(),
     model_config: RankerConfig = RankerConfig(),
     families: list[str] | None = None,
-    labels: Mapping[str, int] | None = None,
+    labels: LabelOverrides | None = None,
     resume: bool = False,
     progress: bool = True,
     max_epochs_this_call: int | None = None,
@@ -406,7 +406,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[ImportanceRanker, dict
     return model.to(device).eval(), config
 
 
-def evaluate_run(run_dir: Path, store: FeatureStore, split: str = "test", labels: Mapping[str, int] | None = None, device: str = "cpu") -> dict:
+def evaluate_run(run_dir: Path, store: FeatureStore, split: str = "test", labels: LabelOverrides | None = None, device: str = "cpu") -> dict:
     """Metrics of a run's best model and of the baselines on one split of ``store``."""
     model, config = load_run(run_dir, device)
     with store.lease():
