@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
