@@ -145,6 +145,7 @@ class StoreDataset:
         if in_memory not in ("auto", "yes", "no"):
             raise ValueError(f"in_memory must be auto, yes or no, got {in_memory!r}")
         self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * len(self.entries) < _memory_budget())
+        self._valid_slots: torch.Tensor | None = None
         self._cache = self._read(np.arange(len(self.entries))) if self.in_memory and self.entries else None
 
     def __len__(self) -> int:
@@ -251,9 +252,11 @@ class StoreDataset:
             yield self._batch(carry_positions, carry, permute)
 
     def valid_slots(self) -> torch.Tensor:
-        """(C, N) bool: slots holding a person in at least one frame of each clip."""
-        mask = self._cache[MASK_ARRAY] if self._cache is not None else self._read(np.arange(len(self)), [MASK_ARRAY])[MASK_ARRAY]
-        return mask.any(1)
+        """(C, N) bool: slots holding a person in at least one frame of each clip (read once)."""
+        if self._valid_slots is None:
+            mask = self._cache[MASK_ARRAY] if self._cache is not None else self._read(np.arange(len(self)), [MASK_ARRAY])[MASK_ARRAY]
+            self._valid_slots = mask.any(1)
+        return self._valid_slots
 
     def baseline_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(area, center_dist, person_mask), each (C, T, N), for the heuristic baselines; None when

@@ -143,17 +143,22 @@ def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, 
     return scores
 
 
+def baseline_metrics(data: StoreDataset) -> dict:
+    """Metrics of the two heuristic baselines (empty without geometry)."""
+    baseline = data.baseline_inputs()
+    if baseline is None:
+        return {}
+    area, center_dist, mask = baseline
+    target, valid = data.targets.numpy(), data.valid_slots().numpy()
+    return {
+        "largest_box": ranking_metrics(largest_box_scores(area, mask), target, valid),
+        "most_central": ranking_metrics(most_central_scores(center_dist, mask), target, valid),
+    }
+
+
 def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
     """Metrics of ``scores`` and of the two heuristic baselines on the same clips."""
-    target = data.targets.numpy()
-    valid = data.valid_slots().numpy()
-    result = {"model": ranking_metrics(scores, target, valid)}
-    baseline = data.baseline_inputs()
-    if baseline is not None:
-        area, center_dist, mask = baseline
-        result["largest_box"] = ranking_metrics(largest_box_scores(area, mask), target, valid)
-        result["most_central"] = ranking_metrics(most_central_scores(center_dist, mask), target, valid)
-    return result
+    return {"model": ranking_metrics(scores, data.targets.numpy(), data.valid_slots().numpy()), **baseline_metrics(data)}
 
 
 def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_name: str | None = None) -> None:
@@ -279,7 +284,7 @@ def train(
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True) + "\n")
-        baselines = {k: v for k, v in evaluate_scores(np.zeros((len(val_data), val_data.persons)), val_data).items() if k != "model"}  # fmt: skip
+        baselines = baseline_metrics(val_data)  # once: they do not change between epochs
 
         last_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, first_epoch + max_epochs_this_call)
         stopped_early = False
@@ -318,10 +323,10 @@ def train(
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.close()
             scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp)
-            val = evaluate_scores(scores, val_data)["model"]
-            valid_val = np.isfinite(scores)
-            val_logits = torch.from_numpy(np.where(valid_val, scores, 0.0))
-            val_loss = float(ranking_loss_terms(val_logits, val_data.targets, torch.from_numpy(valid_val), cfg.margin, cfg.pairwise_weight).total)
+            valid_val = val_data.valid_slots()
+            val = ranking_metrics(scores, val_data.targets.numpy(), valid_val.numpy())
+            val_logits = torch.from_numpy(np.where(valid_val.numpy(), scores, 0.0))
+            val_loss = float(ranking_loss_terms(val_logits, val_data.targets, valid_val, cfg.margin, cfg.pairwise_weight).total)
             seconds = time.perf_counter() - epoch_start
             row = {
                 "epoch": epoch + 1, "train_loss": runtime.mean(float(np.mean(losses))),
