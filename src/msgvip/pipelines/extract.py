@@ -9,6 +9,7 @@ them, so an interrupted run keeps everything committed and a rerun redoes only t
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,8 +98,10 @@ class ExtractRun:
         self.summary.cached += 1
         if self.bar is not None:
             self.bar.update(1)
-        self.store.refresh()
         entry = self.store.entries.get(digest)
+        if entry is None:
+            self.store.refresh()  # committed by another writer (a dask worker) since we last looked
+            entry = self.store.entries.get(digest)
         if entry is None:
             return  # a second file with the same content, committed later in this run
         wanted = {"split": src.split, "clip_id": src.clip_id, "source": str(src.path)}
@@ -248,16 +251,21 @@ def _as_is(item):
 def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[ClipSource, tuple[Clip, tuple[int, int] | None] | ClipError]]:
     """``(source, clip or error)`` in order; with workers, decoded ahead in worker processes.
 
-    Workers are forked (cheap to start): they only read ``.npz`` files with numpy and never touch
-    Zarr or CUDA, the parts of the parent that do not survive a fork."""
+    Workers start from a forkserver, never by forking this process: it runs threads (Zarr's I/O
+    loop, the background writer), and a fork taken while another thread held interpreter state
+    crashed workers in numpy's header parsing ("AST constructor recursion depth mismatch")."""
     if num_workers == 0 or len(sources) < 2:
         yield from ((src, _load(src)) for src in sources)
         return
     from torch.utils.data import DataLoader  # only here: the cache commands start without torch
 
+    context = multiprocessing.get_context("forkserver")
+    # The server imports these once; each worker then forks from it ready to run (~0.1 s, not the
+    # seconds a fresh interpreter spends importing torch). Takes effect when the server starts.
+    context.set_forkserver_preload(["torch.utils.data", __name__])
     loader = DataLoader(
         _SourceDataset(sources), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
-        prefetch_factor=4, multiprocessing_context="fork",
+        prefetch_factor=4, multiprocessing_context=context,
     )  # fmt: skip
     yield from loader
 
