@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -57,3 +60,83 @@ class ExtractConfig:
 
 
 RUNTIME_FIELDS = ("batch_size", "num_workers", "device", "local_files_only")
+
+
+CONFIG_SECTIONS = ("model", "train")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, dict]:
+    """The sections of a TOML (``.toml``) or JSON (``.json``) config file, e.g.
+    ``{"model": {"hidden": 64}, "train": {"epochs": 10}}``; either section may be missing.
+
+    Plain data only, never executed. Any other format, malformed text (with the line and column
+    where the parser gives them), JSON's non-standard NaN/Infinity, a key given twice, an unknown
+    section or a section that is not a table raises a ConfigError naming the file. The keys inside
+    a section are checked by whoever builds the config from it.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ConfigError(f"{path}: a config file must be TOML (.toml) or JSON (.json), got {suffix or 'no extension'}; convert it to one of those")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    try:
+        if suffix == ".toml":
+            record = tomllib.loads(text)
+        else:
+            record = json.loads(text, object_pairs_hook=_object_without_repeats, parse_constant=_refuse_constant)
+    except tomllib.TOMLDecodeError as err:  # its message ends with "(at line L, column C)"
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except ValueError as err:  # from the two hooks, which know no position
+        raise ConfigError(f"{path}: invalid JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path}: the top level must be an object with 'model' and/or 'train' sections, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sections {unknown}; use {list(CONFIG_SECTIONS)}")
+    for name, section in record.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
+    return record
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    # json keeps the last of repeated keys silently; TOML refuses them, so JSON does too
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        record[key] = value
+    return record
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not standard JSON; write a number")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot run on, so a command fails before it creates anything.
+
+    ``cpu`` always passes; ``cuda`` needs CUDA, ``cuda:N`` also needs N < the device count. Other
+    torch device types (``mps``, ...) are left to torch. Raises ConfigError naming the device.
+    """
+    if device == "cpu":
+        return
+    import torch  # here, not at the top: commands that never touch a model start without torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}, but no GPU or driver is visible"
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine ({build}); use --device cpu")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; pick one of those")
