@@ -35,19 +35,31 @@ def save_clip(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def assert_same_clips(store_dir: Path, reference_dir: Path) -> None:
-    """Two stores hold the same clips, clip for clip: index records, checksums and arrays."""
+def assert_same_clips(store_dir: Path, reference_dir: Path, dataset: str = "data") -> None:
+    """Two stores hold the same dataset, clip for clip: snapshot entries, checksums and rows."""
     from msgvip.store import FeatureStore
 
     done, ref = FeatureStore.open(store_dir), FeatureStore.open(reference_dir)
-    assert set(done.entries) == set(ref.entries)
-    for digest, entry in ref.entries.items():
-        mine = done.entries[digest]
-        assert (mine.clip_id, mine.split, mine.target, mine.checksums) == (entry.clip_id, entry.split, entry.target, entry.checksums)
-        got, want = done.read_clip(mine), ref.read_clip(entry)
+    mine, theirs = done.snapshot(dataset), ref.snapshot(dataset)
+    assert [(e.key, e.content_hash, e.split, e.target, e.scene) for e in mine.entries] == [
+        (e.key, e.content_hash, e.split, e.target, e.scene) for e in theirs.entries
+    ]
+    for entry in theirs.entries:
+        assert done.clips[entry.content_hash].checksums == ref.clips[entry.content_hash].checksums
+        got, want = done.read_clip(entry.content_hash), ref.read_clip(entry.content_hash)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])
     assert done.verify() == []
+
+
+def committed_clips(store_dir: Path) -> int:
+    """Clips committed to the store so far (0 before it exists)."""
+    from msgvip.store import FeatureStore, StoreError
+
+    try:
+        return len(FeatureStore.open(store_dir))
+    except StoreError:
+        return 0
 
 
 @pytest.fixture
@@ -65,3 +77,62 @@ def tiny_data(tmp_path: Path) -> Path:
     for i in range(8):
         save_clip(data / ("train" if i < 6 else "val") / f"clip_{i}.npz", tiny_clip(seed=i))
     return data
+
+
+LEFTOVER_GRACE_S = 5.0  # processes a test just stopped may still be exiting
+PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+
+
+def _adopt_orphans() -> None:
+    """Make this pytest process the reaper of its subtree (Linux): a process a test orphans (the
+    forkserver of a killed `msgvip extract`, say) is reparented here, not to init, so it stays a
+    descendant and the check below sees it instead of letting it escape."""
+    import ctypes
+    import sys
+
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _leftover_processes() -> list:
+    """Running descendants of this process, minus multiprocessing's own helpers of it: the
+    forkserver and resource tracker serve this process and exit when it does (their children
+    are not exempt)."""
+    from multiprocessing import forkserver, resource_tracker
+
+    import psutil
+
+    own_helpers = {getattr(forkserver._forkserver, "_forkserver_pid", None), getattr(resource_tracker._resource_tracker, "_pid", None)}
+    leftovers = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid not in own_helpers and proc.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return leftovers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fail the session, naming them, if processes the tests started still run at its end; then
+    end them, so `make test` leaves nothing behind either way."""
+    import time
+
+    import psutil
+
+    _adopt_orphans()
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (leftovers := _leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not leftovers:
+        return
+    described = []
+    for proc in leftovers:
+        try:
+            described.append(f"  pid {proc.pid} (ppid {proc.ppid()}): {' '.join(proc.cmdline())[:300]}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    pytest.fail(f"{len(leftovers)} processes started by the tests still ran {LEFTOVER_GRACE_S:.0f} s after the session ended (now killed):\n" + "\n".join(described))

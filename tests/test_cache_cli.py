@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from msgvip.cli import main
-from msgvip.store import FeatureStore, parse_duration, parse_size
-from msgvip.store.feature_store import ZARR_DIR
+from msgvip.store import FeatureStore, open_storage, parse_duration, parse_size
+from msgvip.store.cache import store_fingerprints
+from msgvip.store.feature_store import SEGMENTS, ZARR_DIR
 
 
 def run(*args: str, code: int = 0):
@@ -32,7 +34,7 @@ def make_stores(tmp_path, tiny_data, count: int) -> list[str]:
     fps.append(first["fingerprint"])
     for k in range(1, count):
         fp = f"{k:032x}"
-        store = FeatureStore.create(tmp_path / "cache" / fp, fp, {"features": {"geometry": {"k": k}}}, [])
+        store = FeatureStore.create(open_storage(tmp_path / "cache"), fp, {"features": {"geometry": {"k": k}}}, [])
         store.touch()
         fps.append(fp)
         time.sleep(0.01)
@@ -44,31 +46,35 @@ def test_help_everywhere():
         assert "Usage:" in run(*command, "--help").output
 
 
-def test_rerun_recomputes_nothing_and_relabels(tiny_data, cache_dir):
+def test_rerun_recomputes_nothing_and_moves_clips_between_splits(tiny_data, cache_dir):
     first = extract(tiny_data)
     assert (first["written"], first["cached"], first["failed"], first["ok"]) == (8, 0, 0, True)
+    assert first["changes"] == {"added": 8, "changed": 0, "removed": 0, "unchanged": 0}
     second = extract(tiny_data)
     assert (second["written"], second["cached"], second["fingerprint"]) == (0, 8, first["fingerprint"])
-    # a clip moved to another split: same content, so no re-extraction, only its index entry changes
+    assert second["changes"] == {"added": 0, "changed": 0, "removed": 0, "unchanged": 8}
+    # a clip moved to another split: same content, so no re-extraction; the snapshot follows the folder
     (tiny_data / "test").mkdir()
     os.rename(tiny_data / "train" / "clip_0.npz", tiny_data / "test" / "clip_0.npz")
     third = extract(tiny_data)
-    assert (third["written"], third["relabeled"]) == (0, 1)
-    store = FeatureStore.open(third["store"])
-    assert {e.split for e in store.entries.values()} == {"train", "val", "test"}
+    assert third["written"] == 0 and third["changes"] == {"added": 1, "changed": 0, "removed": 1, "unchanged": 7}
+    snapshot = FeatureStore.open(third["store"]).snapshot("data")
+    assert snapshot.splits() == {"test": 1, "train": 5, "val": 2}
 
 
 def test_ls_info_verify_pin(tiny_data, cache_dir):
     fp = extract(tiny_data)["fingerprint"]
     listing = json.loads(run("cache", "ls", "--json").stdout)
-    assert [(s["fingerprint"], s["clips"], s["complete"], s["pinned"], s["features"]) for s in listing] == [(fp, 8, True, False, ["geometry"])]
+    assert [(s["fingerprint"], s["clips"], s["complete"], s["pinned"], s["features"], list(s["datasets"])) for s in listing] == [
+        (fp, 8, True, False, ["geometry"], ["data"])
+    ]
     assert listing[0]["size_on_disk"] > 0
     table = run("cache", "ls").output
     assert fp[:12] in table and "complete" in table and "1 stores" in table
     assert run("cache", "ls", "-q").output.strip() == fp
     info = json.loads(run("cache", "info", fp[:6], "--json").stdout)
-    assert info["clips_per_split"] == {"train": 6, "val": 2} and info["config"]["features"]["geometry"]["feature_version"] == 1
-    assert "train: 6" in run("cache", "info", fp[:6]).output
+    assert info["datasets"]["data"]["splits"] == {"train": 6, "val": 2} and info["config"]["features"]["geometry"]["feature_version"] == 1
+    assert "data: 8 clips (train: 6, val: 2)" in run("cache", "info", fp[:6]).output
     assert json.loads(run("cache", "verify", fp, "--json").stdout)["ok"] is True
     run("cache", "pin", fp)
     assert json.loads(run("cache", "ls", "--json").stdout)[0]["pinned"] is True
@@ -77,19 +83,17 @@ def test_ls_info_verify_pin(tiny_data, cache_dir):
     assert "neither a fingerprint" in run("cache", "info", "../..", code=1).output
 
 
-def test_verify_names_the_bad_clip(tiny_data, cache_dir):
+def test_verify_names_the_bad_clips(tiny_data, cache_dir):
     summary = extract(tiny_data)
     store = FeatureStore.open(summary["store"])
-    victim = store.entries_for("val")[0]
-    chunk_index = victim.row // store.rows_per_chunk
-    chunk = store.path / ZARR_DIR / "geometry" / "c" / str(chunk_index) / "0" / "0" / "0"
+    (segment,) = [p.name for p in (store.path / ZARR_DIR / SEGMENTS).iterdir() if p.is_dir()]
+    chunk = store.path / ZARR_DIR / SEGMENTS / segment / "geometry" / "c" / "0" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     chunk.write_bytes(bytes(raw))
     result = run("cache", "verify", summary["fingerprint"], code=1)
-    sharing = [e for e in store.entries_for() if e.row // store.rows_per_chunk == chunk_index]
-    assert f"BAD {victim.clip_id}" in result.output and f"{len(sharing)} bad" in result.output
-    assert all(f"BAD {e.clip_id}" in result.output for e in sharing)  # every clip of the damaged chunk
+    assert "8 problems" in result.output  # the 8 tiny clips share the one chunk
+    assert all(f"BAD data:{split}/clip_{i}" in result.output for i, split in enumerate(["train"] * 6 + ["val"] * 2))
 
 
 def test_gc_policies_pins_leases_and_dry_run(tmp_path, tiny_data, cache_dir):
@@ -98,7 +102,7 @@ def test_gc_policies_pins_leases_and_dry_run(tmp_path, tiny_data, cache_dir):
     assert all(flag in refused.output for flag in ("--keep-last", "--older-than", "--max-size", "--incomplete"))
 
     dry = run("cache", "gc", "--keep-last", "1", "--dry-run")
-    assert "would free" in dry.output and len(os.listdir(cache_dir)) == 5  # 4 stores + the hash cache
+    assert "would free" in dry.output and len(store_fingerprints(open_storage(cache_dir))) == 4
 
     run("cache", "pin", fps[0])
     with FeatureStore.open(cache_dir / fps[1]).lease():  # as if a training run were reading it
@@ -156,5 +160,15 @@ def test_cache_root_urls(tmp_path, tiny_data, monkeypatch):
     monkeypatch.delenv("MSGVIP_CACHE", raising=False)
     summary = json.loads(run("extract", str(tiny_data), "--cache-dir", f"file://{tmp_path / 'viaurl'}", "--json").stdout)
     assert summary["store"].startswith(str(tmp_path / "viaurl"))
-    refused = run("cache", "ls", "--cache-dir", "s3://bucket/msgvip", code=1)
-    assert "s3:// storage is not supported" in refused.output
+    for root, why in [
+        ("gs://bucket/msgvip", "gs:// is not supported"),
+        ("s3:/bucket/msgvip", "one slash"),
+        ("s3:///msgvip", "no bucket"),
+        ("", "--cache-dir is empty"),
+        ("  ", "--cache-dir is empty"),
+        ("/", "refusing /"),
+        (str(Path.home()), f"refusing {Path.home()}"),
+    ]:
+        assert why in run("cache", "gc", "--keep-last", "0", "--cache-dir", root, code=1).output
+    monkeypatch.setenv("MSGVIP_CACHE", "")
+    assert "$MSGVIP_CACHE is empty" in run("cache", "gc", "--keep-last", "0", code=1).output

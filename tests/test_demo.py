@@ -8,7 +8,7 @@ from pathlib import Path
 
 from msgvip.data.synthetic import DemoDataConfig
 from msgvip.pipelines.demo import DEMO_MODEL, DEMO_TRAIN, run_demo
-from msgvip.store import store_info
+from msgvip.store import FeatureStore, store_info
 
 
 def test_model_from_a_store_beats_both_heuristics(tmp_path):
@@ -32,5 +32,6 @@ def test_demo_runs_every_family_with_local_random_backbones(tmp_path, capsys, mo
     config = json.loads((result.run_dir / "config.json").read_text())
     assert set(config["families"]) == {"appearance", "face", "geometry", "pose"}
     assert result.test["clips"] > 0 and (result.run_dir / "best.pt").exists()
-    models = store_info(Path(result.extract.store)).models  # what `cache ls` shows
+    store = FeatureStore.open(result.extract.store)
+    models = store_info(store.storage, store.fingerprint).models  # what `cache ls` shows
     assert {m.split("@")[0] for m in models} == {"dinov2", "vitpose"}

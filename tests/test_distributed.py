@@ -8,10 +8,9 @@ import threading
 import time
 
 import pytest
-from conftest import assert_same_clips, save_clip, tiny_clip
+from conftest import assert_same_clips, committed_clips, save_clip, tiny_clip
 
 from msgvip.pipelines import run_extract
-from msgvip.store.feature_store import INDEX_FILE
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -49,7 +48,7 @@ def test_a_worker_killed_mid_run_corrupts_nothing(tmp_path, cluster):
         runner.start()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and runner.is_alive():
-            if (store_dir / INDEX_FILE).exists() and (store_dir / INDEX_FILE).read_bytes().count(b"\n") >= 64:
+            if committed_clips(store_dir) >= 64:
                 break
             time.sleep(0.01)
         killed = runner.is_alive()

@@ -429,7 +429,7 @@ def test_run_extract_writes_every_family(models, tiny_data, cache_dir):
     summary = run_extract(tiny_data, cfg, progress=False)
     assert summary.ok and summary.written == 8
     store = FeatureStore.open(Path(summary.store))
-    shapes = {a.name: (a.shape, a.dtype) for a in store.arrays}
+    shapes = {a.name: (a.shape, a.dtype) for a in store.specs}
     assert shapes["appearance"] == ((64,), "float16") and shapes["face"] == ((35,), "float16") and shapes["pose"] == ((17, 3), "float32")
     again = run_extract(tiny_data, cfg, progress=False)
     assert again.cached == 8 and again.written == 0 and again.fingerprint == summary.fingerprint

@@ -24,8 +24,9 @@ import msgvip
 from msgvip.cli import main
 from msgvip.pipelines import run_extract
 from msgvip.ranker import RankerConfig, TrainConfig, train
-from msgvip.store import FeatureStore
-from msgvip.store.feature_store import ZARR_DIR
+from msgvip.store import FeatureStore, open_storage
+from msgvip.store.hash_cache import HASH_CACHE_FILE
+from msgvip.store.feature_store import COMMITS, DATASETS, SEGMENTS, ZARR_DIR
 
 SRC = Path(msgvip.__file__).parent
 REPO = SRC.parents[1]
@@ -144,7 +145,7 @@ def test_store_array_declaring_a_pickle_codec_is_refused_unrun(fp, cache_dir, tm
     assert marker.exists()
     marker.unlink()
 
-    array = cache_dir / fp / ZARR_DIR / "geometry"
+    (array,) = (cache_dir / fp / ZARR_DIR / SEGMENTS).glob("*/geometry")
     if layout.startswith("zarr v3"):
         meta = json.loads((array / "zarr.json").read_text())
         meta["codecs"] = [{"name": "numcodecs.pickle"}, *meta["codecs"]]
@@ -320,7 +321,7 @@ def test_manifest_paths_splits_and_clip_ids_write_nothing_outside(tmp_path, cach
     after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("cache")}
     assert after == before, sorted(set(after) ^ set(before))
     assert not list(Path("/tmp").glob("escape-*"))
-    splits = {e.split for e in FeatureStore.open(Path(summary["store"])).entries.values()}
+    splits = {e.split for e in FeatureStore.open(Path(summary["store"])).snapshot("list").entries}
     assert splits == {"../../../escape-split", "/tmp/escape-abs-split"}  # kept as labels, never as paths
 
 
@@ -352,14 +353,14 @@ def test_store_dir_symlinked_out_of_the_cache_root_is_not_written_through(tiny_d
     assert snapshot(outside) == {}
 
 
-@pytest.mark.parametrize("linked", [ZARR_DIR, f"{ZARR_DIR}/geometry"])
+@pytest.mark.parametrize("linked", [ZARR_DIR, f"{ZARR_DIR}/{SEGMENTS}", COMMITS, DATASETS])
 def test_symlinked_zarr_data_inside_a_store_is_not_written_through(fp, tiny_data, cache_dir, tmp_path, linked):
     outside = tmp_path / "outside"
     outside.mkdir()
     inside = cache_dir / fp / linked
     shutil.move(inside, outside / "moved")
     os.symlink(outside / "moved", inside)
-    (cache_dir / fp / "index.jsonl").unlink()  # as if the store came without its index: extract rewrites
+    save_clip(tiny_data / "train" / "new.npz", tiny_clip(seed=99))  # something to write
     before = snapshot(outside)
     run("extract", tiny_data, "--json")
     assert snapshot(outside) == before
@@ -367,13 +368,11 @@ def test_symlinked_zarr_data_inside_a_store_is_not_written_through(fp, tiny_data
 
 BOOKKEEPING = {
     # file in the store: (command that touches it, outside target exists beforehand)
-    "errors.csv": ("extract", True),
-    "index.jsonl": ("extract", True),
-    ".write.lock": ("extract", False),
-    ".lease": ("cache ls", False),
+    "errors-data.csv": ("extract", True),
+    "datasets/data.json": ("extract", True),
     "pinned": ("cache pin", False),
-    "state.json": ("extract", True),
     "last_used": ("extract", True),
+    "../.locks/{fp}.lease": ("cache ls", False),
 }
 
 
@@ -388,12 +387,10 @@ def test_symlinked_store_file_is_never_followed_out_of_the_cache_root(fp, tiny_d
     target = outside / "precious.txt"
     if exists:
         target.write_text("precious\n")
-    link = cache_dir / fp / name
+    link = cache_dir / fp / name.format(fp=fp)
     link.unlink(missing_ok=True)
     os.symlink(target, link)
-    if name == "index.jsonl":
-        save_clip(tiny_data / "train" / "new.npz", tiny_clip(seed=99))  # something to commit
-    if name == "errors.csv":
+    if name == "errors-data.csv":
         (tiny_data / "train" / "broken.npz").write_bytes(b"not a zip")  # something to report
     before = snapshot(outside)
     run(*({"extract": ["extract", tiny_data, "--json"], "cache ls": ["cache", "ls"], "cache pin": ["cache", "pin", fp]}[command]))
@@ -404,7 +401,7 @@ def test_symlinked_hash_cache_at_the_cache_root_is_not_followed(tiny_data, cache
     outside = tmp_path / "outside"
     outside.mkdir()
     cache_dir.mkdir()
-    os.symlink(outside / "hashes.sqlite", cache_dir / "content-hashes.sqlite")
+    os.symlink(outside / "hashes.sqlite", cache_dir / HASH_CACHE_FILE)
     run("extract", tiny_data, "--json")
     assert snapshot(outside) == {}
 
@@ -416,7 +413,7 @@ def test_gc_never_follows_a_symlink_out_of_the_cache_root(fp, cache_dir, tmp_pat
     fake = "f" * 32
     os.symlink(outside / "real-store", cache_dir / fake)  # a symlink posing as a store
     linked = "e" * 32  # a store whose insides point outside
-    FeatureStore.create(cache_dir / linked, linked, {"features": {}}, []).touch()
+    FeatureStore.create(open_storage(cache_dir), linked, {"features": {}}, []).touch()
     os.symlink(outside, cache_dir / linked / "dir-link")
     os.symlink(outside / "precious.txt", cache_dir / linked / "file-link")
     shutil.move(cache_dir / linked / ZARR_DIR, outside / "linked-zarr")

@@ -46,8 +46,8 @@ def test_slot_permutation_moves_target_with_its_person(store):
 
 
 def test_streaming_and_in_memory_give_the_same_batches(store):
-    ram = list(StoreDataset(store, "train", in_memory="yes").batches(5, shuffle=True, permute_slots=True, seed=1))
-    disk = list(StoreDataset(store, "train", in_memory="no").batches(5, shuffle=True, permute_slots=True, seed=1, window_chunks=1))
+    ram = list(StoreDataset(store, "train", in_memory="yes").batches(5, shuffle=True, permute_slots=True, seed=1, window_clips=4))
+    disk = list(StoreDataset(store, "train", in_memory="no").batches(5, shuffle=True, permute_slots=True, seed=1, window_clips=4))
     assert len(ram) == len(disk) == 3
     for a, b in zip(ram, disk):
         assert torch.equal(a.index, b.index) and torch.equal(a.target, b.target)
@@ -124,18 +124,16 @@ def test_ddp_two_cpu_processes_train_one_epoch(store, tmp_path, cache_dir):
     assert proc.stdout.count("run: ") == 1  # only rank 0 reports and writes
 
 
-def test_batches_are_full_across_chunk_windows(tmp_path, cache_dir):
-    """One clip per chunk (as with 768-d appearance at full size): windows of a few chunks must
-    not cut batches short."""
+def test_batches_are_full_across_windows(tmp_path, cache_dir):
+    """Streamed windows of a few clips must not cut batches short."""
     data = tmp_path / "data"
     for i in range(23):
         save_clip(data / "train" / f"clip_{i:02d}.npz", tiny_clip(seed=i, slots=5))
     store = FeatureStore.open(Path(run_extract(data, cache_dir=cache_dir, progress=False).store))
     dataset = StoreDataset(store, "train", in_memory="no")
-    dataset.store._rows_per_chunk = 1  # pretend each chunk holds one clip: windows of 2 clips
-    sizes = [len(b.index) for b in dataset.batches(8, shuffle=True, window_chunks=2)]
+    sizes = [len(b.index) for b in dataset.batches(8, shuffle=True, window_clips=2)]
     assert sizes == [8, 8, 7]
-    seen = torch.cat([b.index for b in dataset.batches(8, shuffle=True, window_chunks=2)])
+    seen = torch.cat([b.index for b in dataset.batches(8, shuffle=True, window_clips=2)])
     assert sorted(seen.tolist()) == list(range(23))
 
 
@@ -151,6 +149,6 @@ def test_label_and_split_overrides_from_a_manifest(store, tmp_path):
     moved = [e.content_hash for e in train_split.entries].index(second.content_hash)
     assert int(train_split.targets[moved]) == first.target
     by_id = tmp_path / "ids.csv"
-    by_id.write_text(f"clip_id,target\n{second.clip_id},-1\n")
+    by_id.write_text(f"clip_id,target\n{second.key},-1\n")
     relabeled = StoreDataset(store, "train", labels=read_label_overrides(by_id))
-    assert int(relabeled.targets[[e.clip_id for e in relabeled.entries].index(second.clip_id)]) == -1
+    assert int(relabeled.targets[[e.key for e in relabeled.entries].index(second.key)]) == -1

@@ -5,28 +5,52 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from .config import ConfigError, ExtractConfig
+from .config import ConfigError, ExtractConfig, check_device, read_config_file
 from .data.sources import SourceError
 from .extract.registry import UnknownFeatureError
 from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
 from .store import cache as cache_mod
-from .store.feature_store import FeatureStore, StoreError
+from .store.compact import compact as compact_store
+from .store.feature_store import StoreError
 from .store.locks import LockTimeout
+from .store.storage import StorageError, parse_storage_options
 
-USER_ERRORS = (StoreError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError)
+USER_ERRORS = (StoreError, StorageError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError)
 
-cache_dir_option = click.option(
-    "--cache-dir",
-    type=str,  # a path or a file:// URL; other URLs are refused with a reason
-    default=None,
-    help=f"Cache root holding the stores [default: ${cache_mod.CACHE_ENV}, else the user cache dir].",
-)
+
+def cache_dir_option(fn: Callable) -> Callable:
+    """--cache-dir and --storage-option, handed to the command as ``cache_dir`` and
+    ``storage_options`` (a dict)."""
+
+    def to_dict(ctx, param, pairs):
+        try:
+            return parse_storage_options(pairs)
+        except StorageError as err:
+            raise click.BadParameter(str(err)) from None
+
+    fn = click.option(
+        "--storage-option", "storage_options", multiple=True, callback=to_dict, metavar="KEY=VALUE",
+        help="Object-storage setting for an s3:// cache root, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--cache-dir",
+        type=str,  # a path, a file:// URL or s3://bucket/prefix
+        default=None,
+        help=f"Cache root holding the stores: a folder or s3://bucket/prefix [default: ${cache_mod.CACHE_ENV}, else the user cache dir].",
+    )(fn)
+
+
+dataset_option = click.option("--dataset", help="Dataset snapshot of the store to use [default: the store's only one].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
 
 
@@ -53,27 +77,85 @@ def extract_config(features: str, **fields) -> ExtractConfig:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn the library's expected errors into one-line click errors (exit 1, no traceback)."""
+    """Turn the errors a user can cause (the library's expected errors, and OSErrors: a full disk,
+    a path that cannot be written, a scheduler that cannot be reached) into one-line click errors:
+    exit 1, no traceback. With --debug they keep their traceback. Every command wears this
+    (tests/test_cli_errors.py checks); anything else it raises is a bug, for MsgvipGroup."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
+            if debugging():
+                raise
             raise click.ClickException(str(err)) from None
         except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if debugging():
                 raise
-            raise click.ClickException(
-                f"no space left on the device while writing {err.filename or ''}: everything committed before "
-                "is intact; free some space (msgvip cache gc) and rerun to finish"
-            ) from None
+            raise click.ClickException(_os_error_message(err)) from None
 
     return wrapper
 
 
+def _os_error_message(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device while writing {err.filename or ''}: everything committed before "
+            "is intact; free some space (msgvip cache gc) and rerun to finish"
+        )
+    if err.filename is None:
+        return str(err)
+    return f"{err.filename}: {err.strerror}" + (f" (and {err.filename2})" if err.filename2 else "")
+
+
+def debugging() -> bool:
+    """Whether --debug (or MSGVIP_DEBUG=1) asked for tracebacks."""
+    return bool(click.get_current_context().find_root().params.get("debug"))
+
+
+class MsgvipGroup(click.Group):
+    """The root group: whatever a command raises past `user_errors` (a bug) or a Ctrl-C ends in
+    one line too, unless --debug lets the traceback through. Catching here, around every
+    command and subgroup, means no command can forget it."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # already a one-liner or an exit code: click's own handling prints them
+        except KeyboardInterrupt:
+            if debugging():
+                traceback.print_exc()
+            click.echo("interrupted", err=True)
+            ctx.exit(130)  # 128 + SIGINT, what a shell reports for a Ctrl-C
+        except Exception as err:
+            if debugging():
+                raise
+            first_line = (str(err).splitlines() or [""])[0]
+            raise click.ClickException(
+                f"unexpected {type(err).__name__}: {first_line} -- a bug in msgvip; "
+                "rerun with --debug (or MSGVIP_DEBUG=1) for the traceback and report it"
+            ) from None
+
+
+def json_ready(value):
+    """``value`` as standard JSON data: NaN and infinities become null (JSON has neither), numpy
+    scalars and arrays become Python numbers and lists, recursively."""
+    if isinstance(value, dict):
+        return {json_ready(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array, torch tensor
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def print_json(record) -> None:
-    click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+    # allow_nan=False: a NaN that json_ready missed is a bug to hear about, not a non-standard token in the output
+    click.echo(json.dumps(json_ready(record), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -83,11 +165,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MsgvipGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="msgvip")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="MSGVIP_DEBUG", show_envvar=True, help="Let errors through with their traceback, for bug reports.")
+def main(debug: bool) -> None:
     """msgvip: extract frozen-backbone features once into a fingerprinted Zarr store, then train
     the graph + temporal important-person ranker from it many times."""
+    # `debug` is read from the context where errors are handled (debugging()), not here
 
 
 @main.command("demo-data")
@@ -98,11 +182,15 @@ def main() -> None:
 @click.option("--height", default=96, show_default=True, help="Frame height in pixels.")
 @click.option("--width", default=160, show_default=True, help="Frame width in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same bytes.")
+@user_errors
 def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, width: int, seed: int) -> None:
     """Write synthetic MSG_VIP clips to OUT/{train,val,test}/*.npz."""
     from .data.synthetic import DemoDataConfig, write_demo_data
 
-    config = DemoDataConfig(clips=clips, frames=frames, persons=persons, height=height, width=width, seed=seed)
+    try:
+        config = DemoDataConfig(clips=clips, frames=frames, persons=persons, height=height, width=width, seed=seed)
+    except ValueError as err:  # the config's own limits, e.g. "frames must be >= 4 ..., got 2"
+        raise click.UsageError(str(err)) from None
     summary = write_demo_data(out, config, progress=True)
     splits = ", ".join(f"{n} {s}" for s, n in summary.clips_per_split.items())
     click.echo(f"wrote {sum(summary.clips_per_split.values())} clips ({splits}) to {summary.out} in {summary.seconds:.1f} s")
@@ -133,13 +221,19 @@ def demo(out: Path) -> None:
 @click.option("--device", default=ExtractConfig.device, show_default=True, help="Where the models run: cpu, cuda, cuda:1 (does not change the features).")
 @click.option("--workers", type=click.IntRange(min=1), help="Spread clips over a local dask cluster of N workers (one per GPU with --device cuda).")
 @click.option("--scheduler", help="Spread clips over an existing dask cluster at this address (tcp://host:8786).")
+@click.option("--dataset", help="Name of the dataset snapshot this run writes [default: DATA's folder or manifest name].")
 @json_option
 @user_errors
-def extract(data: Path, cache_dir: Path | None, on_error: str, workers: int | None, scheduler: str | None, as_json: bool, **fields) -> None:
+def extract(data: Path, cache_dir: str | None, storage_options: dict, on_error: str, workers: int | None, scheduler: str | None,
+            dataset: str | None, as_json: bool, **fields) -> None:  # fmt: skip
     """Extract features of every clip under DATA (a folder of split folders, or a manifest .csv)
-    into the store for this config. Clips already in the store are skipped."""
+    into the store for this config, then record DATA's clips as a dataset snapshot. Clips already
+    in the store are not extracted again."""
     config = extract_config(**fields)
-    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json, workers=workers, scheduler=scheduler)
+    if scheduler is None:  # a remote cluster's workers have their own devices
+        check_device(config.device)
+    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json, workers=workers, scheduler=scheduler,
+                          dataset=dataset, storage_options=storage_options)  # fmt: skip
     if as_json:
         print_json(summary.to_json())
     else:
@@ -151,10 +245,15 @@ def extract(data: Path, cache_dir: Path | None, on_error: str, workers: int | No
 def _print_extract_summary(s: ExtractSummary) -> None:
     rate = s.written / s.seconds if s.seconds else 0.0
     click.echo(f"extracted {s.written} clips, {s.cached} already cached, {s.failed} failed, in {s.seconds:.1f} s ({rate:.1f} clips/s)")
+    if s.repaired:
+        click.echo(f"re-extracted {s.repaired} clips whose stored rows were damaged")
     if any(s.repairs.values()):
-        click.echo(f"repaired: {s.repairs['clipped_boxes']} boxes clipped to the frame, {s.repairs['zero_area_boxes']} zero-area boxes dropped")
-    if s.relabeled:
-        click.echo(f"updated labels/splits of {s.relabeled} cached clips")
+        click.echo(f"boxes: {s.repairs['clipped_boxes']} clipped to the frame, {s.repairs['zero_area_boxes']} of zero area dropped")
+    c = s.changes
+    click.echo(f"dataset '{s.dataset}': {c['added']} added, {c['changed']} changed, {c['removed']} removed, {c['unchanged']} unchanged")
+    if s.replaced_data:
+        click.echo(f"note: dataset '{s.dataset}' held the clips of {s.replaced_data} before; pass --dataset NAME to keep datasets apart", err=True)
+    _print_leaks(s.leaks)
     click.echo(f"store: {s.store}")
     click.echo(f"fingerprint: {s.fingerprint}")
     for err in s.errors:
@@ -163,13 +262,44 @@ def _print_extract_summary(s: ExtractSummary) -> None:
         click.echo(f"errors listed in {s.errors_csv}", err=True)
 
 
-def _train_configs(config_file: Path | None, overrides: dict) -> tuple:
-    from .ranker import RankerConfig, TrainConfig, build_config, load_config_file
+def _print_leaks(leaks: dict[str, list[list[str]]]) -> None:
+    """Same content in two splits: a clip evaluated on may have been trained on."""
+    for pair, keys in leaks.items():
+        shown = "; ".join(f"{a} = {b}" for a, b in keys[:5]) + (f"; and {len(keys) - 5} more" if len(keys) > 5 else "")
+        click.echo(f"LEAK {pair}: {len(keys)} clips with the same content in both splits: {shown}", err=True)
 
-    model_values, train_values = load_config_file(config_file) if config_file else ({}, {})
-    train_values.update({k: v for k, v in overrides.items() if v is not None})
+
+def _train_configs(config_file: Path | None, overrides: dict) -> tuple:
+    from .ranker import RankerConfig, TrainConfig, build_config
+
+    sections = read_config_file(config_file) if config_file else {}
+    train_values = {**sections.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
     source = str(config_file) if config_file else "command line"
-    return build_config(TrainConfig, train_values, source), build_config(RankerConfig, model_values, source)
+    return build_config(TrainConfig, train_values, source), build_config(RankerConfig, sections.get("model", {}), source)
+
+
+def _refuse_extraction_flags(model_fields: dict) -> None:
+    """--store names features extracted already: flags that only steer extraction would be ignored."""
+    ctx = click.get_current_context()
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    given = [flags[name] for name in model_fields if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} with --store: the store already fixes the features (train uses every family it "
+            "holds; there is no option to train on a subset), so these flags only apply with --data, which extracts"
+        )
+
+
+RUN_FILES = ("config.json", "latest.pt", "best.pt", "metrics.csv", "curves.png", "predictions.csv")  # what ranker.train writes
+
+
+def _earlier_run(run_dir: Path, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in ``run_dir``, to remove before training; refused without --overwrite."""
+    if not any((run_dir / name).exists() for name in ("config.json", "latest.pt")):
+        return []
+    if not overwrite:
+        raise click.UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    return [run_dir / name for name in RUN_FILES]
 
 
 def _default_run_dir(fingerprint: str) -> Path:
@@ -194,19 +324,36 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--in-memory", type=click.Choice(["auto", "yes", "no"]), help="Hold the splits in RAM or stream them [default: auto].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out: its checkpoints, metrics and predictions are removed first.")
+@dataset_option
+@click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
 @user_errors
-def train(store_ref, data, cache_dir, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels, resume, **model_fields) -> None:
-    """Train the ranker on a store's train split, selecting on its val split."""
+def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels,
+          resume, overwrite, dataset, allow_duplicates, **model_fields) -> None:  # fmt: skip
+    """Train the ranker on a dataset's train split, selecting on its val split. With --data the
+    dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
     from .pipelines.train import store_for_training
     from .ranker import read_label_overrides, train as train_run
 
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; pass one")
+    if store_ref is not None:
+        _refuse_extraction_flags(model_fields)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory}
     train_config, model_config = _train_configs(config_file, overrides)
-    store, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir)
+    if train_config.device != "auto":  # auto picks what exists
+        check_device(train_config.device)
+    earlier = _earlier_run(run_dir, overwrite) if run_dir is not None and not resume else []
+    store, dataset, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir, dataset=dataset, storage_options=storage_options)
+    # removed only now that the store is found, so a failed lookup leaves the old run whole; every
+    # torchrun rank may get here, and none writes before all have (the process group waits for them)
+    for path in earlier:
+        path.unlink(missing_ok=True)
     run_dir = run_dir or _default_run_dir(store.fingerprint)
-    summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume)
+    summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume,
+                        dataset=dataset, allow_duplicates=allow_duplicates)  # fmt: skip
     if summary.rank != 0:
         return
     if summary.val:
@@ -218,21 +365,23 @@ def train(store_ref, data, cache_dir, run_dir, config_file, epochs, batch_size, 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", default="test", show_default=True, help="Split of the run's store to evaluate.")
+@click.option("--split", default="test", show_default=True, help="Split of the dataset to evaluate.")
 @cache_dir_option
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
+@click.option("--dataset", help="Dataset snapshot to evaluate on [default: the one the run was trained on].")
 @json_option
 @user_errors
-def evaluate(run_dir: Path, split: str, cache_dir: Path | None, labels: Path | None, as_json: bool) -> None:
+def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: dict, labels: Path | None, dataset: str | None, as_json: bool) -> None:
     """Metrics of a run's best model against the heuristic baselines on one split."""
     from .pipelines.train import store_of_run
     from .ranker import evaluate_run, read_label_overrides
 
-    result = evaluate_run(run_dir, store_of_run(run_dir, cache_dir), split, labels=read_label_overrides(labels) if labels else None)
+    store = store_of_run(run_dir, cache_dir, storage_options)
+    result = evaluate_run(run_dir, store, split, labels=read_label_overrides(labels) if labels else None, dataset=dataset)
     if as_json:
         print_json(result)
         return
-    click.echo(f"{result['clips']} clips of split '{split}' in store {result['fingerprint'][:12]}")
+    click.echo(f"{result['clips']} clips of split '{split}' of dataset '{result['dataset']}' in store {result['fingerprint'][:12]}")
     _print_metrics_table(result)
 
 
@@ -240,17 +389,19 @@ def evaluate(run_dir: Path, split: str, cache_dir: Path | None, labels: Path | N
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_or_store")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"), show_default=True)
-@click.option("--split", help="Only this split of the store [default: all clips].")
+@click.option("--split", help="Only this split [default: all clips].")
 @cache_dir_option
+@click.option("--dataset", help="Dataset snapshot: of the store given, or the name DATA's snapshot is written under [default: DATA's name].")
 @user_errors
-def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cache_dir: Path | None) -> None:
-    """Rank the persons of every clip in DATA_OR_STORE (clips are extracted first, with the
-    settings of the run's store) and write a ranking CSV."""
+def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cache_dir: str | None, storage_options: dict, dataset: str | None) -> None:
+    """Rank the persons of every clip in DATA_OR_STORE and write a ranking CSV. Clips are
+    extracted first, with the settings of the run's store, into the run's cache root under a
+    snapshot of their own: what the run trains and evaluates on does not change."""
     from .pipelines.train import store_for_prediction
     from .ranker import predict_run
 
-    store = store_for_prediction(run_dir, data_or_store, cache_dir)
-    count = predict_run(run_dir, store, out, split)
+    store, dataset = store_for_prediction(run_dir, data_or_store, cache_dir, storage_options=storage_options, dataset=dataset)
+    count = predict_run(run_dir, store, out, split, dataset=dataset)
     click.echo(f"ranked {count} clips -> {out}")
 
 
@@ -272,9 +423,9 @@ def cache() -> None:
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="Print fingerprints only.")
 @user_errors
-def cache_ls(cache_dir: Path | None, as_json: bool, quiet: bool) -> None:
-    """List the stores, most recently used first."""
-    root = cache_mod.cache_root(cache_dir)
+def cache_ls(cache_dir: str | None, storage_options: dict, as_json: bool, quiet: bool) -> None:
+    """List the stores, most recently used first; a damaged store is listed as such."""
+    root = cache_mod.cache_root(cache_dir, storage_options)
     scan = cache_mod.scan_cache(root)
     for warning in scan.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -285,12 +436,12 @@ def cache_ls(cache_dir: Path | None, as_json: bool, quiet: bool) -> None:
             click.echo(s.fingerprint)
     else:
         rows = [
-            [s.fingerprint[:12], ",".join(s.features), ",".join(s.models) or "-", s.clips, s.size_on_disk_str,
-             s.created_str, s.last_used_str, "yes" if s.pinned else "", "complete" if s.complete else "incomplete"]
+            [s.fingerprint[:12], ",".join(s.features) or "-", ",".join(s.models) or "-", ",".join(s.datasets) or "-", s.clips,
+             s.size_on_disk_str, s.created_str if s.created else "-", s.last_used_str if s.last_used else "-", "yes" if s.pinned else "", s.state_str]
             for s in scan.stores
         ]  # fmt: skip
-        print_table(["FINGERPRINT", "FEATURES", "MODELS", "CLIPS", "SIZE", "CREATED", "LAST USED", "PINNED", "STATE"], rows)
-        click.echo(f"\n{len(scan.stores)} stores, {cache_mod.human_size(scan.size_on_disk)} on disk in {root}")
+        print_table(["FINGERPRINT", "FEATURES", "MODELS", "DATASETS", "CLIPS", "SIZE", "CREATED", "LAST USED", "PINNED", "STATE"], rows)
+        click.echo(f"\n{len(scan.stores)} stores, {cache_mod.human_size(scan.size_on_disk)} on disk in {root.url}")
 
 
 @cache.command("info")
@@ -298,21 +449,25 @@ def cache_ls(cache_dir: Path | None, as_json: bool, quiet: bool) -> None:
 @cache_dir_option
 @json_option
 @user_errors
-def cache_info(fingerprint: str, cache_dir: Path | None, as_json: bool) -> None:
-    """Full config and clip counts per split of one store (FINGERPRINT may be a unique prefix)."""
-    path = cache_mod.resolve_store(cache_mod.cache_root(cache_dir), fingerprint)
-    info = cache_mod.store_info(path)
-    store = FeatureStore.open(path)
-    record = {**info.to_json(), "config": store.config, "arrays": [a.to_json() for a in store.arrays], "state": store.state()}
+def cache_info(fingerprint: str, cache_dir: str | None, storage_options: dict, as_json: bool) -> None:
+    """Config, datasets (clips per split, leaks between splits) and arrays of one store
+    (FINGERPRINT may be a unique prefix)."""
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), fingerprint)
+    info = cache_mod.store_info(store.storage, store.fingerprint)
+    record = {**info.to_json(), "config": store.config, "arrays": [a.to_json() for a in store.specs]}
     if as_json:
         print_json(record)
         return
-    click.echo(f"fingerprint  {info.fingerprint}\npath         {info.path}")
-    click.echo(f"clips        {info.clips} ({', '.join(f'{s}: {n}' for s, n in info.clips_per_split.items()) or 'none'})")
+    click.echo(f"fingerprint  {info.fingerprint}\nlocation     {info.location}\nclips        {info.clips} distinct contents")
     click.echo(f"size         {info.size_on_disk_str}\ncreated      {info.created_str}\nlast used    {info.last_used_str}")
-    click.echo(f"pinned       {'yes' if info.pinned else 'no'}\nstate        {'complete' if info.complete else 'incomplete'}")
-    for a in store.arrays:
-        click.echo(f"array        {a.name} (clip, frame, person{''.join(', ' + d for d in a.dims)}) {a.dtype}")
+    click.echo(f"pinned       {'yes' if info.pinned else 'no'}\nstate        {info.state_str}")
+    for name, d in info.datasets.items():
+        splits = ", ".join(f"{s}: {n}" for s, n in d["splits"].items()) or "none"
+        failed = f", {d['failed']} failed at extraction" if d["failed"] else ""
+        click.echo(f"dataset      {name}: {d['clips']} clips ({splits}{failed}) from {d['data']}")
+        _print_leaks(d["leaks"])
+    for a in store.specs:
+        click.echo(f"array        {a.name} (row{''.join(', ' + d for d in a.dims)}) {a.dtype}")
     click.echo("config\n" + json.dumps(store.config, indent=2, sort_keys=True))
 
 
@@ -321,24 +476,41 @@ def cache_info(fingerprint: str, cache_dir: Path | None, as_json: bool) -> None:
 @cache_dir_option
 @json_option
 @user_errors
-def cache_verify(fingerprint: str, cache_dir: Path | None, as_json: bool) -> None:
-    """Re-read every clip of a store and check its checksums; exit 1 if any clip is bad."""
-    store = FeatureStore.open(cache_mod.resolve_store(cache_mod.cache_root(cache_dir), fingerprint))
-    index_problem = store.index_problem()
-    if index_problem:
-        raise click.ClickException(index_problem)
+def cache_verify(fingerprint: str, cache_dir: str | None, storage_options: dict, as_json: bool) -> None:
+    """Check every byte that changes results: metadata, commit records, snapshots and every
+    clip's rows; exit 1 if anything is bad."""
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), fingerprint)
     with store.lease():
         problems = store.verify()
-    bad = [{"clip_id": e.clip_id, "content_hash": e.content_hash, "row": e.row, "problem": p} for e, p in problems]
+    bad = [{"what": what, "problem": problem} for what, problem in problems]
     if as_json:
         print_json({"fingerprint": store.fingerprint, "clips": len(store), "bad": bad, "ok": not bad})
     else:
         for b in bad:
-            click.echo(f"BAD {b['clip_id']} (row {b['row']}): {b['problem']}")
-        n_bad = len({b["content_hash"] for b in bad})
-        click.echo(f"verified {len(store)} clips of {store.fingerprint}: {n_bad} bad")
+            click.echo(f"BAD {b['what']}: {b['problem']}")
+        click.echo(f"verified {len(store)} clips, {len(store.snapshot_names())} datasets and the metadata of {store.fingerprint}: {len(bad)} problems")
     if bad:
         sys.exit(1)
+
+
+@cache.command("compact")
+@click.argument("fingerprint")
+@cache_dir_option
+@json_option
+@user_errors
+def cache_compact(fingerprint: str, cache_dir: str | None, storage_options: dict, as_json: bool) -> None:
+    """Merge a store's segments into one and drop rows no dataset snapshot references (left by
+    killed writers, deleted or edited clips). Needs the store to itself."""
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), fingerprint)
+    summary = compact_store(store.storage, store.fingerprint)
+    if as_json:
+        print_json(asdict(summary))
+        return
+    click.echo(f"compacted {summary.segments_before} segments into one: kept {summary.clips_kept} clips, dropped {summary.clips_dropped} "
+               f"no dataset references, {cache_mod.human_size(summary.bytes_before)} -> {cache_mod.human_size(summary.bytes_after)} "
+               f"in {summary.seconds:.1f} s")  # fmt: skip
+    for digest in summary.damaged:
+        click.echo(f"dropped damaged clip {digest}: rerun `msgvip extract` on its data to re-extract it", err=True)
 
 
 @cache.command("gc")
@@ -346,39 +518,41 @@ def cache_verify(fingerprint: str, cache_dir: Path | None, as_json: bool) -> Non
 @click.option("--keep-last", type=click.IntRange(min=0), help="Keep only the N most recently used stores.")
 @click.option("--older-than", help="Remove stores last used longer ago than this (e.g. 30d, 12h).")
 @click.option("--max-size", help="Evict least recently used stores until the cache fits (e.g. 20G).")
-@click.option("--incomplete", is_flag=True, help="Remove stores whose extraction did not complete.")
+@click.option("--incomplete", is_flag=True, help="Remove stores whose last extraction did not complete.")
+@click.option("--old-schema", is_flag=True, help="Remove stores written by an older msgvip (they cannot be read; rebuild them with extract).")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
 @user_errors
-def cache_gc(cache_dir: Path | None, keep_last: int | None, older_than: str | None, max_size: str | None, incomplete: bool, dry_run: bool) -> None:
-    """Remove stores by policy. Pinned stores and stores in use are never removed."""
+def cache_gc(cache_dir: str | None, storage_options: dict, keep_last: int | None, older_than: str | None, max_size: str | None,
+             incomplete: bool, old_schema: bool, dry_run: bool) -> None:  # fmt: skip
+    """Remove stores by policy. Pinned stores, stores in use and damaged stores are never removed."""
     try:
         older = cache_mod.parse_duration(older_than) if older_than else None
         size = cache_mod.parse_size(max_size) if max_size else None
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
-    root = cache_mod.cache_root(cache_dir)
+    root = cache_mod.cache_root(cache_dir, storage_options)
     scan = cache_mod.scan_cache(root)
-    plan = cache_mod.plan_gc(scan, keep_last=keep_last, older_than=older, max_size=size, incomplete=incomplete)
+    plan = cache_mod.plan_gc(scan, keep_last=keep_last, older_than=older, max_size=size, incomplete=incomplete, old_schema=old_schema)
     for info, reason in plan.spared:
         click.echo(f"keep   {info.fingerprint[:12]}  {info.size_on_disk_str:>7}  {reason}")
     for info, reason in plan.delete:
         click.echo(f"remove {info.fingerprint[:12]}  {info.size_on_disk_str:>7}  {reason}")
     if dry_run:
-        click.echo(f"dry run: would free {cache_mod.human_size(plan.expected_freed)} in {root}")
+        click.echo(f"dry run: would free {cache_mod.human_size(plan.expected_freed)} in {root.url}")
         return
     if not plan.delete:
-        click.echo(f"nothing to remove in {root}")
+        click.echo(f"nothing to remove in {root.url}")
         return
     outcomes = cache_mod.execute_gc(plan, root)
     for info, outcome in outcomes:
         if outcome != "deleted":
             click.echo(f"{info.fingerprint[:12]}: {outcome}")
     freed = sum(i.size_on_disk for i, o in outcomes if o == "deleted")
-    click.echo(f"freed {cache_mod.human_size(freed)} ({sum(o == 'deleted' for _, o in outcomes)} stores) in {root}")
+    click.echo(f"freed {cache_mod.human_size(freed)} ({sum(o == 'deleted' for _, o in outcomes)} stores) in {root.url}")
 
 
-def _set_pinned(fingerprint: str, cache_dir: Path | None, pinned: bool) -> None:
-    store = FeatureStore.open(cache_mod.resolve_store(cache_mod.cache_root(cache_dir), fingerprint))
+def _set_pinned(fingerprint: str, cache_dir: str | None, storage_options: dict, pinned: bool) -> None:
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), fingerprint)
     store.set_pinned(pinned)
     click.echo(f"{'pinned' if pinned else 'unpinned'} {store.fingerprint}")
 
@@ -387,18 +561,18 @@ def _set_pinned(fingerprint: str, cache_dir: Path | None, pinned: bool) -> None:
 @click.argument("fingerprint")
 @cache_dir_option
 @user_errors
-def cache_pin(fingerprint: str, cache_dir: Path | None) -> None:
+def cache_pin(fingerprint: str, cache_dir: str | None, storage_options: dict) -> None:
     """Protect a store from gc."""
-    _set_pinned(fingerprint, cache_dir, True)
+    _set_pinned(fingerprint, cache_dir, storage_options, True)
 
 
 @cache.command("unpin")
 @click.argument("fingerprint")
 @cache_dir_option
 @user_errors
-def cache_unpin(fingerprint: str, cache_dir: Path | None) -> None:
+def cache_unpin(fingerprint: str, cache_dir: str | None, storage_options: dict) -> None:
     """Let gc remove a store again."""
-    _set_pinned(fingerprint, cache_dir, False)
+    _set_pinned(fingerprint, cache_dir, storage_options, False)
 
 
 if __name__ == "__main__":

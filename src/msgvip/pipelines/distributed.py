@@ -1,8 +1,9 @@
 """Extraction spread over dask.distributed workers (DESIGN.md section 7).
 
-Each task is a group of clips whose rows fill one chunk of the store: the worker decodes,
-extracts and writes them itself (writers own whole chunks, so workers never share one), commits
-their index lines under the store's lock, and returns only a small per-clip outcome. Models load
+Each task is a group of clips: the worker decodes, extracts and writes them itself into a segment
+of its own (so workers never share an array, a chunk or a file, on local disk or on object
+storage), seals them with the segment's commit record, and returns only a small per-clip outcome;
+the dataset snapshot is written once, by the process that started the run. Models load
 once per worker process. A worker that dies mid-task loses only its uncommitted rows; dask retries
 the task elsewhere, and clips it had committed come back as cached.
 
@@ -21,12 +22,12 @@ from ..data.sources import ClipSource
 from ..extract.registry import Extractor, build_extractors
 from ..store.feature_store import FeatureStore
 from ..store.fingerprint import canonical_json
-from .extract import ExtractRun, _load, extract_features, index_entry
+from ..store.storage import Storage
+from .extract import ExtractRun, _load, extract_features
 
 DECODE_THREADS = 4  # per task, to decode the group's clips in parallel
-DEFAULT_GROUP = 16  # clips per task when no clip says how big a chunk is
+GROUP_CLIPS = 32  # clips per task
 _WORKER_EXTRACTORS: dict[str, list[Extractor]] = {}  # per worker process: load models once
-_WORKER_STORES: dict[tuple[str, float], FeatureStore] = {}  # and read a store's index once, then its tail
 
 
 def _extractors(config: ExtractConfig) -> list[Extractor]:
@@ -36,14 +37,11 @@ def _extractors(config: ExtractConfig) -> list[Extractor]:
     return _WORKER_EXTRACTORS[key]
 
 
-def extract_group(sources: list[ClipSource], config: ExtractConfig, store_path: str, created_at: float) -> list[dict]:
-    """One task: decode, extract, write and commit a group of clips; returns one small outcome
-    per clip (``error``, or ``digest``/``stat``/``repairs``/``committed``). ``created_at`` tells a
-    store apart from an earlier one at the same path (deleted by gc, then extracted again)."""
-    store = _WORKER_STORES.get((store_path, created_at))
-    if store is None:
-        store = _WORKER_STORES[(store_path, created_at)] = FeatureStore.open(Path(store_path))
-    store.refresh()
+def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storage, fp: str, redo: frozenset[str]) -> list[dict]:
+    """One task: decode, extract, write and commit a group of clips in a segment of its own;
+    returns one small outcome per clip (``error``, or ``digest``/``target``/``scene``/``stat``/
+    ``repairs``/``committed``). ``redo``: content hashes whose stored rows are damaged."""
+    store = FeatureStore.open_in(root, fp)
     outcomes, todo = [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # numpy's zip/zlib release the GIL
         decoded = list(pool.map(_load, sources))
@@ -52,31 +50,20 @@ def extract_group(sources: list[ClipSource], config: ExtractConfig, store_path: 
             outcomes.append({"source": src, "error": loaded})
             continue
         clip, stat = loaded
-        outcome = {"source": src, "stat": stat, "digest": clip.content_hash, "repairs": clip.repairs,
-                   "target": clip.target, "crops": int(clip.person_mask.sum()), "committed": False}  # fmt: skip
-        if clip.content_hash in store:
-            outcomes.append(outcome)
-        else:
-            todo.append((src, clip, outcome))
+        outcome = {"source": src, "stat": stat, "digest": clip.content_hash, "repairs": clip.repairs, "target": clip.target,
+                   "scene": clip.scene, "crops": int(clip.person_mask.sum()), "committed": False}  # fmt: skip
+        outcomes.append(outcome)
+        if (clip.content_hash not in store or clip.content_hash in redo) and all(c.content_hash != clip.content_hash for c, _ in todo):
+            todo.append((clip, outcome))
     if todo:
         with store.lease(), store.writer() as writer:
-            features = extract_features(_extractors(config), [clip for _, clip, _ in todo])
-            for (src, clip, _), arrays in zip(todo, features):
-                writer.add(index_entry(src, clip), arrays)
-        committed = {e.content_hash for e in writer.committed}
-        for _, _, outcome in todo:
+            features = extract_features(_extractors(config), [clip for clip, _ in todo])
+            for clip, arrays in zip([c for c, _ in todo], features):
+                writer.add(clip.content_hash, arrays)
+        committed = {r.content_hash for r in writer.committed}
+        for _, outcome in todo:
             outcome["committed"] = outcome["digest"] in committed
-            outcomes.append(outcome)
     return outcomes
-
-
-def _rows_per_chunk_of_first(run: ExtractRun, pending: list[ClipSource]) -> int:
-    """Group size for a store without chunks yet: the chunk rows the first clip's size implies."""
-    for src in pending[:8]:
-        loaded = _load(src)
-        if not isinstance(loaded, ClipError):
-            return run.store._rows_per_chunk_for(loaded[0].num_frames, loaded[0].num_slots)
-    return DEFAULT_GROUP
 
 
 def local_cluster(workers: int, config: ExtractConfig):
@@ -105,14 +92,13 @@ def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str 
     from dask.distributed import Client, as_completed
 
     pending = run.plan()
-    size = run.store.rows_per_chunk or _rows_per_chunk_of_first(run, pending)
-    groups = [pending[i : i + size] for i in range(0, len(pending), size)]
+    groups = [pending[i : i + GROUP_CLIPS] for i in range(0, len(pending), GROUP_CLIPS)]
     cluster = None if scheduler else local_cluster(workers or 1, run.config)
     client = Client(scheduler or cluster)
     futures = []
     try:
         futures = client.map(
-            extract_group, groups, config=run.config, store_path=str(run.store.path), created_at=run.store.created_at, retries=2, pure=False
+            extract_group, groups, config=run.config, root=run.root, fp=run.fingerprint, redo=frozenset(run.redo), retries=2, pure=False
         )
         for future in as_completed(futures):
             for outcome in future.result():
@@ -120,11 +106,11 @@ def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str 
                 if "error" in outcome:
                     run.failed(outcome["error"])
                     continue
-                run.decoded(src, outcome["digest"], outcome["repairs"], outcome["stat"])
+                run.decoded(src, outcome["digest"], outcome["target"], outcome["scene"], outcome["repairs"], outcome["stat"])
                 if outcome["committed"]:
-                    run.committed(1, outcome["crops"])
+                    run.committed(src, outcome["digest"], outcome["target"], outcome["scene"], outcome["crops"])
                 else:
-                    run.cached(src, outcome["digest"], outcome["target"])
+                    run.cached(src, outcome["digest"], outcome["target"], outcome["scene"])
     finally:
         client.cancel(futures)
         client.close()

@@ -1,4 +1,5 @@
-"""`msgvip extract`: clips in, committed feature rows out, nothing computed twice.
+"""`msgvip extract`: clips in, committed feature rows out, nothing computed twice; then the
+dataset snapshot (which clips DATA holds, with their labels) replaces the previous one of its name.
 
 Three stages overlap: DataLoader worker processes decode and validate clips ahead of the models;
 the main thread groups clips so model calls see many crops at once and runs the extractors; a
@@ -9,25 +10,33 @@ them, so an interrupted run keeps everything committed and a rerun redoes only t
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
+import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 from tqdm import tqdm
 
-from ..config import ExtractConfig
+from ..config import ConfigError, ExtractConfig
 from ..data.clip import Clip, ClipError, read_clip
 from ..data.sources import ClipSource, discover_clips
 from ..extract.registry import Extractor, build_extractors, identity
 from ..store.cache import cache_root
-from ..store.feature_store import MASK_ARRAY, FeatureStore, IndexEntry
+from ..store.feature_store import MASK_ARRAY, FeatureStore
 from ..store.hash_cache import HashCache
+from ..store.locks import store_lease
+from ..store.records import Snapshot, SnapshotEntry
+from .lifetime import exit_with_parent
 
-ERRORS_FILE = "errors.csv"
+UNKNOWN_TARGET = -2  # hash-cache marker: the target came from a manifest, not from the file
 
 
 class ExtractAborted(Exception):
@@ -38,12 +47,16 @@ class ExtractAborted(Exception):
 class ExtractSummary:
     fingerprint: str
     store: str
+    dataset: str
     clips_total: int = 0
     written: int = 0
     cached: int = 0
     failed: int = 0
-    relabeled: int = 0
+    repaired: int = 0  # clips whose stored rows were damaged, extracted again
     crops: int = 0  # valid person-frames extracted
+    changes: dict[str, int] = field(default_factory=lambda: {"added": 0, "changed": 0, "removed": 0, "unchanged": 0})
+    leaks: dict[str, list[list[str]]] = field(default_factory=dict)  # "train/test" -> [[key, key], ...]
+    replaced_data: str | None = None  # the previous snapshot of this name came from other data
     repairs: dict[str, int] = field(default_factory=lambda: {"clipped_boxes": 0, "zero_area_boxes": 0})
     errors: list[dict[str, str]] = field(default_factory=list)
     errors_csv: str | None = None
@@ -57,124 +70,167 @@ class ExtractSummary:
         return {**asdict(self), "ok": self.ok}
 
 
+def default_dataset_name(data: Path | str) -> str:
+    """A dataset is named after its folder, or its manifest without the extension."""
+    path = Path(data).absolute()
+    return path.stem if path.is_file() else path.name
+
+
+def check_dataset_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
+        raise ConfigError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit); pass --dataset NAME")
+    return name
+
+
 class ExtractRun:
     """The bookkeeping of one extraction, shared by the local and the distributed runners: the
-    plan (which clips are already stored), per-clip outcomes, and the closing summary."""
+    plan (which clips are already stored), per-clip outcomes, the dataset snapshot it writes and
+    the closing summary."""
 
-    def __init__(self, data: Path | str, config: ExtractConfig, cache_dir: Path | str | None, on_error: str, progress: bool):
+    def __init__(self, data: Path | str, config: ExtractConfig, cache_dir: str | None, on_error: str, progress: bool,
+                 dataset: str | None = None, storage_options: dict | None = None):  # fmt: skip
         if on_error not in ("skip", "fail"):
             raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
         self.start = time.perf_counter()
-        self.config, self.on_error = config, on_error
+        self.config, self.on_error, self.data = config, on_error, Path(data).absolute()
+        self.dataset = check_dataset_name(dataset or default_dataset_name(data))
         self.sources = discover_clips(data)
         self.extractors = build_extractors(config)
-        fp, record = identity(self.extractors)
-        root = cache_root(cache_dir)
-        arrays = [a for e in self.extractors for a in e.arrays()]
-        self.store = FeatureStore.create(root / fp, fp, record, arrays, config.settings())
-        self.summary = ExtractSummary(fingerprint=fp, store=str(self.store.path), clips_total=len(self.sources))
-        self.hashes = HashCache(root)
-        self.relabels: list[IndexEntry] = []
+        self.fingerprint, self.record = identity(self.extractors)
+        self.root = cache_root(cache_dir, storage_options)
+        self.store: FeatureStore | None = None
+        self.summary = ExtractSummary(fingerprint=self.fingerprint, store=self.root.child_url(self.fingerprint), dataset=self.dataset, clips_total=len(self.sources))
+        local = self.root.local_path or Path(platformdirs.user_cache_dir("msgvip"))
+        self.hashes = HashCache(local)
+        self.entries: dict[str, SnapshotEntry] = {}  # clip key -> entry, for the snapshot
+        self.redo: set[str] = set()  # content hashes whose stored rows are damaged
         self.progress = progress
         self.bar: tqdm | None = None
 
+    def open_store(self) -> FeatureStore:
+        """Create (or open) the store; call under its lease."""
+        arrays = [a for e in self.extractors for a in e.arrays()]
+        self.store = FeatureStore.create(self.root, self.fingerprint, self.record, arrays, self.config.settings())
+        return self.store
+
+    def is_stored(self, digest: str) -> bool:
+        return digest in self.store and digest not in self.redo
+
     def plan(self) -> list[ClipSource]:
-        """Start the run; returns the clips that may need extracting (the rest are stored and
-        unchanged since their hash was recorded, so they are not even read)."""
+        """Start the run; returns the clips that may need extracting. The rest are unchanged
+        since their hash was recorded and their stored rows pass their checksums, so they are not
+        even read; stored rows that fail are extracted again (a rerun repairs a damaged store)."""
         self.store.touch()
-        self.store.set_state(complete=False, clips_expected=len(self.sources))
+        known = {}
+        for src in self.sources:
+            hit = self.hashes.get(src.path)
+            if hit is not None and hit[0] in self.store and (src.target is not None or hit[1] != UNKNOWN_TARGET):
+                known[src] = hit
+        damaged = self.store.check([self.store.clips[digest] for digest in {d for d, _, _ in known.values()}])
+        self.redo = {record.content_hash for record, _ in damaged}
         pending = []
         for src in self.sources:
-            digest = self.hashes.get(src.path)
-            if digest is not None and digest in self.store:
-                self.cached(src, digest, src.target)
-            else:
+            hit = known.get(src)
+            if hit is None or hit[0] in self.redo:
                 pending.append(src)
+            else:
+                self.cached(src, hit[0], hit[1] if src.target is None else src.target, hit[2])
         self.bar = tqdm(total=len(self.sources), initial=self.summary.cached, unit="clip", desc="extract", disable=not self.progress, dynamic_ncols=True)
         return pending
 
-    def cached(self, src: ClipSource, digest: str, target: int | None) -> None:
-        """A clip found in the store: count it and re-label it if its split or label changed."""
+    def _member(self, src: ClipSource, digest: str, target: int, scene: str) -> None:
+        self.entries[src.clip_id] = SnapshotEntry(src.clip_id, digest, src.split, int(target), scene, str(src.path))
+
+    def cached(self, src: ClipSource, digest: str, target: int, scene: str) -> None:
+        """A clip whose content is already stored: it joins the snapshot as it is."""
         self.summary.cached += 1
+        self._member(src, digest, target, scene)
         if self.bar is not None:
             self.bar.update(1)
-        entry = self.store.entries.get(digest)
-        if entry is None:
-            self.store.refresh()  # committed by another writer (a dask worker) since we last looked
-            entry = self.store.entries.get(digest)
-        if entry is None:
-            return  # a second file with the same content, committed later in this run
-        wanted = {"split": src.split, "clip_id": src.clip_id, "source": str(src.path)}
-        if target is not None:
-            wanted["target"] = target
-        if any(getattr(entry, k) != v for k, v in wanted.items()):
-            self.relabels.append(IndexEntry(**{**asdict(entry), **wanted}))
 
     def failed(self, error: ClipError) -> None:
         self.summary.failed += 1
-        self.summary.errors.append({"path": error.path, "field": error.field, "message": error.message})
+        self.summary.errors.append({"path": error.path_str, "field": error.field, "message": error.message})
         self.bar.update(1)
         if self.on_error == "fail":
             raise ExtractAborted(str(error))
 
-    def decoded(self, src: ClipSource, digest: str, repairs: dict[str, int], stat: tuple[int, int] | None) -> None:
-        self.hashes.put(src.path, stat, digest)
+    def decoded(self, src: ClipSource, digest: str, target: int, scene: str, repairs: dict[str, int], stat) -> None:
+        self.hashes.put(src.path, stat, digest, UNKNOWN_TARGET if src.target is not None else target, scene)
         for key, count in repairs.items():
             self.summary.repairs[key] = self.summary.repairs.get(key, 0) + count
 
-    def committed(self, count: int, crops: int = 0) -> None:
-        self.summary.written += count
+    def committed(self, src: ClipSource | None, digest: str = "", target: int = -1, scene: str = "", crops: int = 0) -> None:
+        """A clip whose rows this run wrote (``src`` None: only crops to count)."""
+        if src is not None:
+            self.summary.written += 1
+            self.summary.repaired += digest in self.redo
+            self._member(src, digest, target, scene)
+            self.bar.update(1)
         self.summary.crops += crops
-        self.bar.update(count)
         if crops:
             self.bar.set_postfix_str(f"{self.summary.crops / (time.perf_counter() - self.start):.0f} crops/s", refresh=False)
 
-    def finish(self) -> ExtractSummary:
+    def finish(self, aborted: bool) -> ExtractSummary:
+        """Close the run: the snapshot is written unless the run was aborted (then the previous
+        snapshot of this name stays as it was)."""
         s = self.summary
         if self.bar is not None:
             self.bar.close()
         self.hashes.close()
-        self.store.update_labels(self.relabels)
-        s.relabeled = len(self.relabels)
-        s.errors_csv = _write_errors(self.store.path, s.errors)
-        self.store.set_state(complete=s.failed == 0 and s.written + s.cached == len(self.sources), clips_expected=len(self.sources))
+        if self.store is not None:
+            s.errors_csv = _write_errors(self.store, self.dataset, s.errors)
+            if not aborted:
+                snapshot = Snapshot(self.dataset, str(self.data), time.time(), tuple(self.entries[k] for k in sorted(self.entries)), s.failed)
+                previous = self.store.snapshot(self.dataset) if self.dataset in self.store.snapshot_names() else None
+                s.changes = _changes(previous, snapshot)
+                s.leaks = snapshot.leaks()
+                if previous is not None and previous.data != snapshot.data:
+                    s.replaced_data = previous.data
+                self.store.write_snapshot(snapshot)
         s.seconds = time.perf_counter() - self.start
         return s
 
 
-def index_entry(src: ClipSource, clip: Clip) -> IndexEntry:
-    """The index record of a freshly extracted clip (row and checksums are filled in on write)."""
-    return IndexEntry(
-        content_hash=clip.content_hash, clip_id=src.clip_id, source=str(src.path), split=src.split,
-        target=clip.target, scene=clip.scene, frames=clip.num_frames, persons=clip.num_slots,
-        row=-1, checksums={}, written_at=time.time(), repairs=clip.repairs,
-    )  # fmt: skip
+def _changes(previous: Snapshot | None, current: Snapshot) -> dict[str, int]:
+    """Clips added, changed (content or labels), removed and unchanged since ``previous``."""
+    before = {e.key: e for e in previous.entries} if previous else {}
+    after = {e.key: e for e in current.entries}
+    changed = sum(1 for k in after.keys() & before.keys() if after[k] != replace(before[k], source=after[k].source))
+    return {"added": len(after.keys() - before.keys()), "changed": changed, "removed": len(before.keys() - after.keys()),
+            "unchanged": len(after.keys() & before.keys()) - changed}  # fmt: skip
 
 
 def run_extract(
     data: Path | str,
     config: ExtractConfig = ExtractConfig(),
-    cache_dir: Path | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
     on_error: str = "skip",
     progress: bool = True,
     workers: int | None = None,
     scheduler: str | None = None,
+    dataset: str | None = None,
+    storage_options: dict | None = None,
 ) -> ExtractSummary:
-    """Extract every clip under ``data`` into the store for ``config``; see the module docstring.
+    """Extract every clip under ``data`` into the store for ``config`` and write the dataset
+    snapshot ``dataset`` (default: the data folder's or manifest's name); see the module docstring.
 
     With ``workers`` (a local dask cluster) or ``scheduler`` (an existing one's address) the clips
     are spread over dask workers instead (see :mod:`msgvip.pipelines.distributed`)."""
-    run = ExtractRun(data, config, cache_dir, on_error, progress)
-    with run.store.lease():
+    run = ExtractRun(data, config, cache_dir, on_error, progress, dataset, storage_options)
+    with store_lease(run.root, run.fingerprint):  # before the store exists: gc cannot take it half-made
+        aborted = True
         try:
+            run.open_store()
             if workers or scheduler:
                 from .distributed import extract_on_dask
 
                 extract_on_dask(run, workers=workers, scheduler=scheduler)
             else:
                 _extract_here(run)
+            aborted = False
         finally:
-            run.finish()
+            run.finish(aborted)
     return run.summary
 
 
@@ -184,21 +240,28 @@ def _extract_here(run: ExtractRun) -> None:
     background = ThreadPoolExecutor(1, thread_name_prefix="msgvip-writer")
     queued: list[Future] = []
     group: list[tuple[ClipSource, Clip]] = []
-    added = 0
+    waiting: dict[str, list[tuple[ClipSource, Clip]]] = {}  # content hash -> sources waiting for its commit
+    waiting_lock = threading.Lock()  # the writer thread pops what the decode loop appends to
 
-    def store_group(entries: list[IndexEntry], features: list[dict[str, np.ndarray]], crops: int) -> None:
-        for entry, arrays in zip(entries, features):
-            run.committed(len(writer.add(entry, arrays)))
-        run.committed(0, crops)
+    def store_group(clips: list[Clip], features: list[dict[str, np.ndarray]], crops: int) -> None:
+        for clip, arrays in zip(clips, features):
+            report(writer.add(clip.content_hash, arrays))
+        run.committed(None, crops=crops)
+
+    def report(records) -> None:
+        for record in records:
+            with waiting_lock:
+                done = waiting.pop(record.content_hash, [])
+            for src, clip in done:
+                run.committed(src, clip.content_hash, clip.target, clip.scene)
 
     def write() -> None:
         """Extract the group here, then hand it to the writer thread (at most two groups queued)."""
         clips = [clip for _, clip in group]
         features = extract_features(run.extractors, clips)
-        entries = [index_entry(src, clip) for src, clip in group]
         while len(queued) >= 2:
             queued.pop(0).result()
-        queued.append(background.submit(store_group, entries, features, sum(int(c.person_mask.sum()) for c in clips)))
+        queued.append(background.submit(store_group, clips, features, sum(int(c.person_mask.sum()) for c in clips)))
         group.clear()
 
     try:
@@ -207,22 +270,29 @@ def _extract_here(run: ExtractRun) -> None:
                 run.failed(loaded)
                 continue
             clip, stat = loaded
-            run.decoded(src, clip.content_hash, clip.repairs, stat)
-            if clip.content_hash in run.store or any(c.content_hash == clip.content_hash for _, c in group):
-                run.cached(src, clip.content_hash, clip.target)
+            run.decoded(src, clip.content_hash, clip.target, clip.scene, clip.repairs, stat)
+            with waiting_lock:
+                queued_already = clip.content_hash in waiting  # the same bytes under another name
+                if queued_already:
+                    waiting[clip.content_hash].append((src, clip))
+            if queued_already:
                 continue
-            group.append((src, clip))
-            added += 1
-            if sum(int(c.person_mask.sum()) for _, c in group) >= run.config.batch_size:
-                write()
+            if run.is_stored(clip.content_hash):
+                run.cached(src, clip.content_hash, clip.target, clip.scene)
+            else:
+                with waiting_lock:
+                    waiting[clip.content_hash] = [(src, clip)]
+                group.append((src, clip))
+                if sum(int(c.person_mask.sum()) for _, c in group) >= run.config.batch_size:
+                    write()
     finally:
         # Clips decoded before an error or an interrupt are still worth committing.
-        write()
+        if group:
+            write()
         for future in queued:
             future.result()
         background.shutdown()
-        run.committed(len(writer.flush()))
-        run.summary.cached += added - len(writer.committed)  # committed first by a concurrent writer
+        report(writer.flush())
 
 
 def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
@@ -265,21 +335,23 @@ def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[
     context.set_forkserver_preload(["torch.utils.data", __name__])
     loader = DataLoader(
         _SourceDataset(sources), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
-        prefetch_factor=4, multiprocessing_context=context,
+        prefetch_factor=4, multiprocessing_context=context, worker_init_fn=exit_with_parent,
     )  # fmt: skip
     yield from loader
 
 
-def _write_errors(store_path: Path, errors: list[dict[str, str]]) -> str | None:
-    path = Path(store_path) / ERRORS_FILE
+def _write_errors(store: FeatureStore, dataset: str, errors: list[dict[str, str]]) -> str | None:
+    """The failed clips of the last run on ``dataset`` as CSV in the store (None when none failed)."""
+    key = store.key(f"errors-{dataset}.csv")
     if not errors:
-        path.unlink(missing_ok=True)
+        store.storage.delete(key)
         return None
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "field", "message"])
-        writer.writeheader()
-        writer.writerows(errors)
-    return str(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["path", "field", "message"])
+    writer.writeheader()
+    writer.writerows(errors)
+    store.storage.write(key, text.getvalue().encode("utf-8", "surrogateescape"))
+    return store.storage.child_url(key)
 
 
 def extract_features(extractors: list[Extractor], clips: list[Clip]) -> list[dict[str, np.ndarray]]:

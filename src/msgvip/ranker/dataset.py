@@ -1,8 +1,9 @@
-"""Committed clips of a store as training batches (DESIGN.md section 6).
+"""The clips of a dataset snapshot as training batches (DESIGN.md section 6).
 
-A split is held in RAM when it fits (one bulk read, then batches are tensor slices), else streamed:
-each batch's rows (whole Zarr chunks) are read by background threads a few batches ahead.
-Training batches get a random permutation of person slots, so the model cannot learn slot ids.
+A split is held in RAM when it fits (one bulk read of packed rows, then batches are gathered and
+padded), else streamed: windows of clips that lie together in the store are read by a background
+thread a window ahead. Training batches get a random permutation of person slots, so the model
+cannot learn slot ids.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pandas as pd
 import torch
 
 from ..config import ConfigError
-from ..store.feature_store import MASK_ARRAY, FeatureStore, IndexEntry
+from ..store.feature_store import FeatureStore, StoreError
+from ..store.records import SnapshotEntry
 
 BASELINE_GEOMETRY = ("area", "center_dist")  # what the heuristic baselines need from geometry
 
@@ -100,11 +102,15 @@ def _memory_budget() -> int:
 
 
 class StoreDataset:
-    """The committed clips of one split (``None`` = all) of a store.
+    """The clips of one split (``None`` = all) of a dataset snapshot of a store.
 
-    ``families`` picks feature arrays (default: all the store holds); multi-dim families such as
-    pose (K, 3) are flattened to one vector per person-frame. ``labels`` (see
-    :func:`read_label_overrides`) overrides the store's targets and splits.
+    ``dataset`` names the snapshot (default: the store's only one). ``families`` picks feature
+    arrays (default: all the store holds); multi-dim families such as pose (K, 3) are flattened
+    to one vector per person-frame. ``labels`` (see :func:`read_label_overrides`) overrides the
+    snapshot's targets and splits.
+
+    Rows stay packed (valid person-frames only) in RAM and in flight; a batch is padded only to
+    its own clips' largest (T, N). Every clip read is checked against its checksums.
     """
 
     def __init__(
@@ -114,86 +120,102 @@ class StoreDataset:
         families: Sequence[str] | None = None,
         in_memory: str = "auto",
         labels: LabelOverrides | None = None,
+        dataset: str | None = None,
     ):
         self.store = store
         self.split = split
-        available = [a.name for a in store.arrays if a.name != MASK_ARRAY]
+        self.snapshot = store.resolve_dataset(dataset)
+        available = store.families
         self.families = list(available if families is None else families)
         unknown = set(self.families) - set(available)
         if unknown:
-            raise LabelError(f"{store.path}: no feature arrays {sorted(unknown)} (the store holds {available})")
-        specs = {a.name: a for a in store.arrays}
+            raise LabelError(f"{store.location}: no feature arrays {sorted(unknown)} (the store holds {available})")
+        specs = {a.name: a for a in store.specs}
         self.feature_dims = {f: int(np.prod(specs[f].shape)) for f in self.families}
         labels = labels or {}
+        self.unmatched_labels = set(labels)
 
-        def override(entry: IndexEntry) -> Mapping[str, object]:
-            for key in (entry.clip_id, entry.content_hash, _source_key(entry.source)):
+        def override(entry: SnapshotEntry) -> Mapping[str, object]:
+            for key in (entry.key, entry.content_hash, _source_key(entry.source)):
                 if key in labels:
+                    self.unmatched_labels.discard(key)
                     return labels[key]
             return {}
 
-        chosen = [(e, override(e)) for e in store.entries_for()]
+        chosen = [(e, override(e)) for e in self.snapshot.entries]
         chosen = [(e, o) for e, o in chosen if split is None or o.get("split", e.split) == split]
-        self.entries: list[IndexEntry] = [e for e, _ in chosen]
+        self.entries: list[SnapshotEntry] = [e for e, _ in chosen]
         self.targets = torch.tensor([int(o.get("target", e.target)) for e, o in chosen], dtype=torch.long)
-        self.rows = np.array([e.row for e in self.entries], dtype=np.int64)
-        self.frames = max((e.frames for e in self.entries), default=0)
-        self.persons = max((e.persons for e in self.entries), default=0)
+        missing = [e.key for e in self.entries if e.content_hash not in store.clips]
+        if missing:
+            raise StoreError(
+                f"{store.location}: dataset {self.snapshot.name!r}: clip {missing[0]} (and {len(missing) - 1} more) has no committed "
+                f"rows; rerun `msgvip extract {self.snapshot.data}` to extract it"
+            )
+        self.records = [store.clips[e.content_hash] for e in self.entries]
+        lengths = np.array([r.length for r in self.records], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])  # clip c's rows: offsets[c]:offsets[c+1]
+        self.frames = max((r.frames for r in self.records), default=0)
+        self.persons = max((r.persons for r in self.records), default=0)
         geometry = store.config.get("features", {}).get("geometry", {}).get("features", [])
         self.baseline_columns = [geometry.index(n) for n in BASELINE_GEOMETRY] if set(BASELINE_GEOMETRY) <= set(geometry) else None
-        row_bytes = sum(np.prod(s.shape, dtype=np.int64) * np.dtype(s.dtype).itemsize for s in specs.values()) * self.frames * self.persons
+        row_bytes = sum(specs[f].row_bytes for f in self.families) + 8  # + frame, slot
         if in_memory not in ("auto", "yes", "no"):
             raise ValueError(f"in_memory must be auto, yes or no, got {in_memory!r}")
-        self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * len(self.entries) < _memory_budget())
+        self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * int(lengths.sum()) < _memory_budget())
         self._valid_slots: torch.Tensor | None = None
         self._cache = self._read(np.arange(len(self.entries))) if self.in_memory and self.entries else None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _read(self, positions: np.ndarray, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Rows at ``positions`` of this dataset as tensors cropped to the split's (T, N)."""
-        order = np.argsort(self.rows[positions], kind="stable")  # chunk order on disk
-        names = [*self.families, MASK_ARRAY] if names is None else names
-        arrays = self.store.read_rows(self.rows[positions][order], names)
-        inverse = np.argsort(order)
-        out = {}
-        for name in names:
-            a = arrays[name][inverse][:, : self.frames, : self.persons]
-            out[name] = torch.from_numpy(np.ascontiguousarray(a.reshape(*a.shape[:3], -1) if name != MASK_ARRAY else a))
-        return out
+    def _label(self, record) -> str:
+        return next((e.key for e in self.entries if e.content_hash == record.content_hash), record.content_hash)
 
-    def _batch(self, positions: np.ndarray, data: dict[str, torch.Tensor], permute: torch.Generator | None) -> ClipBatch:
+    def _read(self, positions: np.ndarray, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Packed rows of the clips at ``positions``, concatenated in that order: ``frame``,
+        ``slot`` (V,) and each family (V, D); checked against their checksums."""
+        names = self.families if names is None else names
+        arrays = self.store.read_clips([self.records[p] for p in positions], names, label=self._label)
+        return {n: torch.from_numpy(a.reshape(len(a), -1) if n in self.families else a) for n, a in arrays.items()}
+
+    def _rows_of(self, positions: np.ndarray) -> np.ndarray:
+        """Indices into the in-RAM rows of the clips at ``positions``, in order."""
+        return np.concatenate([np.arange(self.offsets[p], self.offsets[p + 1]) for p in positions]) if len(positions) else np.arange(0)
+
+    def _batch(self, positions: np.ndarray, rows: dict[str, torch.Tensor], permute: torch.Generator | None) -> ClipBatch:
+        """Pad the packed rows of ``positions`` to (B, T, N, D), T and N the largest of these clips."""
         index = torch.from_numpy(positions)
-        b, n = len(positions), self.persons
+        records = [self.records[p] for p in positions]
+        b, t, n = len(positions), max(r.frames for r in records), max(r.persons for r in records)
+        clip = torch.repeat_interleave(torch.arange(b), torch.tensor([r.length for r in records]))  # (V,)
+        frame, slot = rows["frame"].long(), rows["slot"].long()
         target = self.targets[index]
         slot_order = torch.arange(n).expand(b, n)
-        features = {f: data[f] for f in self.families}
-        mask = data[MASK_ARRAY]
         if permute is not None:
             slot_order = torch.argsort(torch.rand(b, n, generator=permute), dim=1)  # (B, N)
-            gather = lambda x: torch.gather(x, 2, slot_order[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))  # noqa: E731
-            features = {f: gather(v) for f, v in features.items()}
-            mask = gather(mask[..., None])[..., 0]
-            labeled = target >= 0
-            target = torch.where(labeled, torch.argsort(slot_order, dim=1).gather(1, target.clamp(min=0)[:, None])[:, 0], target)
+            new_slot = torch.argsort(slot_order, dim=1)  # (B, N): where each original slot goes
+            slot = new_slot[clip, slot]
+            target = torch.where(target >= 0, new_slot.gather(1, target.clamp(min=0)[:, None])[:, 0], target)
+        mask = torch.zeros(b, t, n, dtype=torch.bool)
+        mask[clip, frame, slot] = True
+        features = {}
+        for f in self.families:
+            dense = rows[f].new_zeros(b, t, n, rows[f].shape[1])  # (B, T, N, D)
+            dense[clip, frame, slot] = rows[f]
+            features[f] = dense
         return ClipBatch(features, mask, target, index, slot_order)
 
-    def epoch_order(self, shuffle: bool, generator: torch.Generator, window_chunks: int) -> list[np.ndarray]:
-        """Positions of one epoch, as windows of whole store chunks: chunk order is shuffled, then
-        clips within each window, so a streamed window is read with whole-chunk reads only."""
-        rows_per_chunk = self.store.rows_per_chunk or 1
-        chunk_of = self.rows // rows_per_chunk
-        chunks = np.unique(chunk_of)
+    def epoch_order(self, shuffle: bool, generator: torch.Generator, window_clips: int) -> list[np.ndarray]:
+        """Positions of one epoch, as windows of clips that lie close together in the store:
+        blocks of clips in storage order are shuffled, then clips within each window, so a
+        streamed window is read with few contiguous reads."""
+        order = np.array(sorted(range(len(self)), key=lambda i: (self.records[i].segment, self.records[i].offset)), dtype=np.int64)
+        blocks = [order[i : i + window_clips] for i in range(0, len(order), window_clips)]
         if shuffle:
-            chunks = chunks[torch.randperm(len(chunks), generator=generator).numpy()]
-        windows = []
-        for i in range(0, len(chunks), window_chunks):
-            positions = np.flatnonzero(np.isin(chunk_of, chunks[i : i + window_chunks]))
-            if shuffle:
-                positions = positions[torch.randperm(len(positions), generator=generator).numpy()]
-            windows.append(positions)
-        return windows
+            blocks = [blocks[i] for i in torch.randperm(len(blocks), generator=generator).tolist()]
+            blocks = [w[torch.randperm(len(w), generator=generator).numpy()] for w in blocks]
+        return blocks
 
     def batches(
         self,
@@ -204,65 +226,51 @@ class StoreDataset:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        window_chunks: int = 4,
+        window_clips: int = 256,
         prefetch: int = 3,
     ) -> Iterator[ClipBatch]:
         """Batches of whole clips (see :meth:`epoch_order`), assembled ``prefetch`` batches ahead by
         a background thread (and streamed windows read one window ahead), so the training loop
         only dequeues. With ``world_size`` > 1 each rank takes every world_size-th clip (padded by
         repetition so all ranks take the same number of steps)."""
-        batches = self._batches(batch_size, shuffle, permute_slots, seed, rank, world_size, window_chunks)
+        batches = self._batches(batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips)
         return _in_background(batches, prefetch) if prefetch else batches
 
-    def _batches(self, batch_size, shuffle, permute_slots, seed, rank, world_size, window_chunks) -> Iterator[ClipBatch]:
+    def _batches(self, batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips) -> Iterator[ClipBatch]:
         g = torch.Generator().manual_seed(seed)
-        windows = self.epoch_order(shuffle, g, window_chunks)
+        windows = self.epoch_order(shuffle, g, window_clips)
+        order = np.concatenate(windows) if windows else np.arange(0)
         if world_size > 1:
-            order = np.concatenate(windows) if windows else np.arange(0)
             per_rank = -(-len(order) // world_size)
-            windows = [np.resize(order, per_rank * world_size)[rank::world_size]]
+            order = np.resize(order, per_rank * world_size)[rank::world_size]
         permute = g if permute_slots else None
-
-        def loaded_windows() -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-            if self._cache is not None:
-                for positions in windows:
-                    yield positions, {k: v[torch.from_numpy(positions)] for k, v in self._cache.items()}
-                return
-            with ThreadPoolExecutor(1) as pool:
-                ahead = pool.submit(self._read, windows[0]) if windows else None
-                for i, positions in enumerate(windows):
-                    data = ahead.result()
-                    if i + 1 < len(windows):
-                        ahead = pool.submit(self._read, windows[i + 1])
-                    yield positions, data
-
-        # Windows rarely hold a multiple of batch_size clips (chunks mix splits; the last one is
-        # partial), so the remainder of each window is carried into the next: every batch but
-        # the epoch's last is full.
-        carry_positions, carry = np.arange(0), None
-        for positions, data in loaded_windows():
-            if carry is not None:
-                positions = np.concatenate([carry_positions, positions])
-                data = {k: torch.cat([carry[k], v]) for k, v in data.items()}
-            full = len(positions) // batch_size * batch_size
-            for i in range(0, full, batch_size):
-                yield self._batch(positions[i : i + batch_size], {k: v[i : i + batch_size] for k, v in data.items()}, permute)
-            carry_positions, carry = positions[full:], {k: v[full:] for k, v in data.items()}
-        if len(carry_positions):
-            yield self._batch(carry_positions, carry, permute)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if self._cache is not None:
+            for positions in batches:
+                rows = torch.from_numpy(self._rows_of(positions))
+                yield self._batch(positions, {k: v[rows] for k, v in self._cache.items()}, permute)
+            return
+        # Streamed: read a window of batches at once, one window ahead of the loop.
+        per_window = max(1, window_clips // batch_size)
+        groups = [batches[i : i + per_window] for i in range(0, len(batches), per_window)]
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._read, np.concatenate(groups[0])) if groups else None
+            for i, group in enumerate(groups):
+                data = ahead.result()
+                if i + 1 < len(groups):
+                    ahead = pool.submit(self._read, np.concatenate(groups[i + 1]))
+                start = 0
+                for positions in group:
+                    length = sum(self.records[p].length for p in positions)
+                    yield self._batch(positions, {k: v[start : start + length] for k, v in data.items()}, permute)
+                    start += length
 
     def valid_slots(self) -> torch.Tensor:
         """(C, N) bool: slots holding a person in at least one frame of each clip (read once)."""
         if self._valid_slots is None:
-            mask = self._cache[MASK_ARRAY] if self._cache is not None else self._read(np.arange(len(self)), [MASK_ARRAY])[MASK_ARRAY]
-            self._valid_slots = mask.any(1)
+            rows = self._cache if self._cache is not None else self._read(np.arange(len(self)), [])
+            clip = torch.repeat_interleave(torch.arange(len(self)), torch.from_numpy(np.diff(self.offsets)))
+            valid = torch.zeros(len(self), self.persons, dtype=torch.bool)
+            valid[clip, rows["slot"].long()] = True
+            self._valid_slots = valid
         return self._valid_slots
-
-    def baseline_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(area, center_dist, person_mask), each (C, T, N), for the heuristic baselines; None when
-        the store has no geometry."""
-        if self.baseline_columns is None or not len(self):
-            return None
-        data = self._cache if self._cache is not None and "geometry" in self._cache else self._read(np.arange(len(self)), ["geometry", MASK_ARRAY])
-        geometry = data["geometry"].float()
-        return geometry[..., self.baseline_columns[0]], geometry[..., self.baseline_columns[1]], data[MASK_ARRAY]

@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,21 +139,23 @@ def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, 
             parts.append((batch.index.numpy(), logits.float().cpu().numpy()))
     for rank_parts in runtime.gather(parts):
         for index, logits in rank_parts:
-            scores[index] = logits
+            scores[index, : logits.shape[1]] = logits
     return scores
 
 
-def baseline_metrics(data: StoreDataset) -> dict:
-    """Metrics of the two heuristic baselines (empty without geometry)."""
-    baseline = data.baseline_inputs()
-    if baseline is None:
+def baseline_metrics(data: StoreDataset, batch_size: int = 64) -> dict:
+    """Metrics of the two heuristic baselines (empty without geometry), a batch at a time."""
+    if data.baseline_columns is None or not len(data):
         return {}
-    area, center_dist, mask = baseline
+    area_column, dist_column = data.baseline_columns
+    largest = np.full((len(data), data.persons), -np.inf)
+    central = np.full((len(data), data.persons), -np.inf)
+    for batch in data.batches(batch_size, prefetch=0):
+        geometry, n = batch.features["geometry"].float(), batch.person_mask.shape[2]
+        largest[batch.index.numpy(), :n] = largest_box_scores(geometry[..., area_column], batch.person_mask)
+        central[batch.index.numpy(), :n] = most_central_scores(geometry[..., dist_column], batch.person_mask)
     target, valid = data.targets.numpy(), data.valid_slots().numpy()
-    return {
-        "largest_box": ranking_metrics(largest_box_scores(area, mask), target, valid),
-        "most_central": ranking_metrics(most_central_scores(center_dist, mask), target, valid),
-    }
+    return {"largest_box": ranking_metrics(largest, target, valid), "most_central": ranking_metrics(central, target, valid)}
 
 
 def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
@@ -172,7 +174,7 @@ def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_
         writer.writerow(["split", "clip_id", "content_hash", "slot", "score", "rank", "target"])
         for c, entry in enumerate(data.entries):
             for slot in np.flatnonzero(valid[c]):
-                writer.writerow([split_name or entry.split, entry.clip_id, entry.content_hash, slot, f"{scores[c, slot]:.6f}", ranks[c, slot], int(data.targets[c])])
+                writer.writerow([split_name or entry.split, entry.key, entry.content_hash, slot, f"{scores[c, slot]:.6f}", ranks[c, slot], int(data.targets[c])])
 
 
 def _inputs(batch: ClipBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -211,12 +213,22 @@ def _lr_lambda(total_steps: int, warmup_fraction: float):
     return factor
 
 
+CHECKPOINT_KEYS = ("version", "epoch", "model", "config", "fingerprint", "history", "best", "val")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint, loaded weights-only: anything that would need code to unpickle is refused."""
+    """A checkpoint, loaded weights-only: anything that would need code to unpickle is refused,
+    and a truncated or foreign file is a one-line error naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConfigError(f"{path}: not a weights-only checkpoint, refusing to unpickle it ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'}); it is damaged") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(f"{path}: not an msgvip checkpoint (lacks {missing})")
+    return state
 
 
 def _save(path: Path, state: dict) -> None:
@@ -239,8 +251,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     max_epochs_this_call: int | None = None,
+    dataset: str | None = None,
+    allow_duplicates: bool = False,
 ) -> TrainSummary:
-    """Train on the store's train split, select on its val split; see the module docstring.
+    """Train on the train split of a dataset snapshot of the store (``dataset``, default its only
+    one), select on its val split; see the module docstring. A snapshot holding the same content
+    in two splits is refused unless ``allow_duplicates``.
 
     ``max_epochs_this_call`` stops after that many epochs without marking the run finished
     (used to test that a resumed run matches an uninterrupted one).
@@ -253,10 +269,22 @@ def train(
     cfg = train_config
     with store.lease():
         store.touch()
-        train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels)
-        val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels)
+        snapshot = store.resolve_dataset(dataset)
+        leaks = snapshot.leaks()
+        if leaks and not allow_duplicates:
+            pair, keys = next(iter(leaks.items()))
+            raise ConfigError(
+                f"{store.location}: dataset {snapshot.name!r} holds the same clip content in two splits ({pair}: {keys[0][0]} = {keys[0][1]}, "
+                f"{sum(map(len, leaks.values()))} pairs in all; see `msgvip cache info {store.fingerprint[:12]}`); fix the data, or pass --allow-duplicates"
+            )
+        train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels, snapshot.name)
+        val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels, snapshot.name)
         if not len(train_data) or not len(val_data):
-            raise ConfigError(f"{store.path}: needs clips in splits {cfg.train_split!r} and {cfg.val_split!r}; has {sorted({e.split for e in store.entries.values()})}")
+            raise ConfigError(f"{store.location}: dataset {snapshot.name!r} needs clips in splits {cfg.train_split!r} and {cfg.val_split!r}; has {snapshot.splits()}")
+        # The frame embedding must cover the longest clip of the dataset, in any split, so
+        # evaluation and prediction on it never meet a clip the model cannot take.
+        longest = max(store.clips[e.content_hash].frames for e in snapshot.entries if e.content_hash in store.clips)
+        model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
 
         torch.manual_seed(cfg.seed)
         model = ImportanceRanker(model_config, train_data.feature_dims).to(runtime.device)
@@ -265,7 +293,8 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
         config_record = {
             "train": asdict(cfg), "model": model_config.to_dict(), "families": train_data.families,
-            "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": str(store.path),
+            "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": store.location,
+            "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
         }  # fmt: skip
         history: list[dict] = []
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
@@ -353,7 +382,7 @@ def train(
         finished = max_epochs_this_call is None or last_epoch >= cfg.epochs or stopped_early
         best_val = {}
         if finished and runtime.is_main and (run_dir / "best.pt").exists():
-            state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+            state = load_checkpoint(run_dir / "best.pt")
             (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
             best_val = {"model": state["val"], **baselines}
             write_predictions(run_dir / "predictions.csv", score_dataset(model, val_data, Runtime(runtime.device), cfg.eval_batch_size, cfg.amp), val_data)
@@ -406,35 +435,64 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[ImportanceRanker, dict
         raise ConfigError(f"{run_dir}: no best.pt (is it a finished msgvip run directory?)")
     state = load_checkpoint(path)
     config = state["config"]
-    model = ImportanceRanker(RankerConfig(**config["model"]), config["feature_dims"])
-    model.load_state_dict(state["model"])
+    try:
+        model = ImportanceRanker(RankerConfig(**config["model"]), config["feature_dims"])
+        model.load_state_dict(state["model"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"{path}: its model does not match its config ({type(err).__name__}: {str(err).splitlines()[0]}); the checkpoint is damaged") from None
     return model.to(device).eval(), config
 
 
-def evaluate_run(run_dir: Path, store: FeatureStore, split: str = "test", labels: LabelOverrides | None = None, device: str = "cpu") -> dict:
-    """Metrics of a run's best model and of the baselines on one split of ``store``."""
+def _scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: LabelOverrides | None, device: str, dataset: str | None):
+    """(data, scores) of a run's best model on one split of a dataset of ``store``."""
     model, config = load_run(run_dir, device)
     with store.lease():
         store.touch()
-        data = StoreDataset(store, split, config["families"], labels=labels)
+        data = StoreDataset(store, split, config["families"], labels=labels, dataset=dataset)
         if not len(data):
-            raise ConfigError(f"{store.path}: no clips in split {split!r}; has {sorted({e.split for e in store.entries.values()})}")
+            raise ConfigError(f"{store.location}: dataset {data.snapshot.name!r} has no clips in split {split!r}; has {data.snapshot.splits()}")
+        if data.frames > model.config.max_frames:
+            raise ConfigError(
+                f"{store.location}: dataset {data.snapshot.name!r} has clips of {data.frames} frames, the model of {run_dir} takes at most "
+                f"{model.config.max_frames}; subsample those clips' frames or train a model on data that includes them"
+            )
         scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False)
-    return {"split": split, "clips": len(data), "fingerprint": store.fingerprint, **evaluate_scores(scores, data)}
+    return data, scores
 
 
-def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu") -> int:
-    """Write a ranking CSV for the store's clips (one split, or all); returns the clip count."""
-    model, config = load_run(run_dir, device)
-    with store.lease():
-        store.touch()
-        data = StoreDataset(store, split, config["families"])
-        scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False)
+def evaluate_run(
+    run_dir: Path, store: FeatureStore, split: str = "test", labels: LabelOverrides | None = None, device: str = "cpu", dataset: str | None = None
+) -> dict:
+    """Metrics of a run's best model and of the baselines on one split of a dataset of ``store``
+    (default: the dataset the run was trained on)."""
+    dataset = dataset or run_config(run_dir).get("dataset")
+    data, scores = _scored_split(run_dir, store, split, labels, device, dataset)
+    return {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint, **evaluate_scores(scores, data)}
+
+
+def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu", dataset: str | None = None) -> int:
+    """Write a ranking CSV for the clips of a dataset of ``store`` (one split, or all); returns the clip count."""
+    data, scores = _scored_split(run_dir, store, split, None, device, dataset)
     write_predictions(Path(out), scores, data)
     return len(data)
 
 
+def run_config(run_dir: Path) -> dict:
+    """A run directory's config.json, with a one-line error when it is missing or damaged."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: no config.json (is it an msgvip run directory?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); the run directory is damaged") from None
+    missing = [k for k in ("fingerprint", "families", "feature_dims", "model") if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ConfigError(f"{path}: lacks {missing}; the run directory is damaged or not an msgvip run")
+    return config
+
+
 __all__ = [
     "ConfigError", "TrainConfig", "TrainSummary", "build_config", "evaluate_run", "load_config_file",
-    "load_run", "predict_run", "train",
+    "load_run", "predict_run", "run_config", "train",
 ]  # fmt: skip

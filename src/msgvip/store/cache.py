@@ -6,66 +6,76 @@ crashing, and deletion is a frozen plan (what, why, how many bytes) executed onl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import platformdirs
 
-from .feature_store import LEASE_FILE, ZARR_DIR, FeatureStore, StoreError
+from .feature_store import META_FILE, PIN_FILE, SCHEMA_VERSION, ZARR_DIR, FeatureStore, StoreError
 from .fingerprint import FINGERPRINT_LENGTH, is_fingerprint
-from .locks import try_exclusive
+from .locks import exclusive_store_lease, store_in_use
+from .records import Snapshot
+from .storage import Storage, open_storage
 
 CACHE_ENV = "MSGVIP_CACHE"
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$MSGVIP_CACHE``, else the platform's user cache dir.
+def cache_root(cache_dir: str | os.PathLike | None = None, options: Mapping[str, str] | None = None) -> Storage:
+    """The cache root: ``cache_dir``, else ``$MSGVIP_CACHE``, else the platform's user cache dir.
 
-    A ``file://`` URL is a local path. Other URLs (``s3://``, ``gs://``, ...) are refused: the
-    store's commit protocol needs ``flock`` and atomic rename, which object stores lack, and a
-    store that silently lost commits would be worse than none. A shared POSIX file system
-    (NFSv4, Lustre, GPFS, CephFS) mounted on every worker is the supported shared cache.
+    A local path, a ``file://`` URL, or ``s3://bucket/prefix`` (see :func:`open_storage`). An
+    empty or blank value is an error, never a silent fallback to the default cache (a
+    ``gc --keep-last 0`` with an unset variable must not empty the user's cache), and so are
+    roots that would make gc a danger to other data: ``/`` and the home directory.
     """
-    chosen = str(cache_dir or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("msgvip"))
-    scheme, sep, rest = chosen.partition("://")
-    if sep and scheme == "file":
-        chosen = rest
-    elif sep:
-        raise StoreError(
-            f"cache root {chosen!r}: {scheme}:// storage is not supported (no file locks or atomic renames, "
-            "so concurrent writers could lose commits); use a local disk or a shared POSIX file system"
-        )
-    return Path(chosen).expanduser()
+    if cache_dir is not None:
+        chosen, origin = os.fspath(cache_dir), "--cache-dir"
+    elif CACHE_ENV in os.environ:
+        chosen, origin = os.environ[CACHE_ENV], f"${CACHE_ENV}"
+    else:
+        chosen, origin = platformdirs.user_cache_dir("msgvip"), "default"
+    if not chosen.strip():
+        raise StoreError(f"{origin} is empty; give a cache directory (or unset {CACHE_ENV} to use the default)")
+    storage = open_storage(chosen, options)
+    if storage.local_path is not None:
+        resolved = storage.local_path.resolve()
+        if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+            raise StoreError(f"{origin} {chosen!r}: refusing {resolved} as a cache root (gc would act on everything in it); use a folder of its own")
+    return storage
 
 
-def resolve_store(root: Path, ref: str) -> Path:
-    """A store path from a fingerprint, a unique fingerprint prefix, or a path to a store.
+def resolve_store(root: Storage, ref: str) -> FeatureStore:
+    """The store named by a fingerprint, a unique fingerprint prefix, or a path/URL to a store.
 
-    Fingerprints are hex; anything else is taken as a path, so ``../..`` can never name a
+    Fingerprints are hex; anything else is taken as a location, so ``../..`` can never name a
     directory outside the cache root by way of a fingerprint.
     """
     ref = ref.strip()
     if ref and len(ref) <= FINGERPRINT_LENGTH and re.fullmatch(r"[0-9a-f]+", ref):
-        matches = sorted(p for p in _store_dirs(root) if p.name.startswith(ref))
+        matches = sorted(fp for fp in store_fingerprints(root) if fp.startswith(ref))
         if len(matches) == 1:
-            return matches[0]
+            return FeatureStore.open_in(root, matches[0])
         if len(matches) > 1:
-            raise StoreError(f"fingerprint prefix {ref!r} is ambiguous in {root}: {', '.join(p.name for p in matches)}")
-        raise StoreError(f"no store with fingerprint {ref!r} in {root} (see `msgvip cache ls --cache-dir {root}`)")
-    path = Path(ref).expanduser()
-    if (path / ZARR_DIR / "zarr.json").is_file():
-        return path
-    raise StoreError(f"{ref!r} is neither a fingerprint in {root} nor a path to a feature store")
+            raise StoreError(f"fingerprint prefix {ref!r} is ambiguous in {root.url}: {', '.join(matches)}")
+        raise StoreError(f"no store with fingerprint {ref!r} in {root.url} (see `msgvip cache ls --cache-dir {root.url}`)")
+    if ref and is_fingerprint(ref.rstrip("/").rsplit("/", 1)[-1]):
+        return FeatureStore.open(ref, root.options)
+    raise StoreError(f"{ref!r} is neither a fingerprint in {root.url} nor a path to a feature store")
 
 
-def _store_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return [p for p in root.iterdir() if is_fingerprint(p.name) and p.is_dir() and not p.is_symlink()]
+def store_fingerprints(root: Storage) -> list[str]:
+    """Fingerprints of the store directories under ``root`` (symlinks are never followed)."""
+    if root.local_path is not None:
+        if not root.local_path.is_dir():
+            return []
+        return sorted(p.name for p in root.local_path.iterdir() if is_fingerprint(p.name) and p.is_dir() and not p.is_symlink())
+    return [name for name in root.list_dir("") if is_fingerprint(name)]
 
 
 def human_size(size: float) -> str:
@@ -103,32 +113,35 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match[2].lower()]
 
 
-def directory_size(path: Path) -> int:
-    """Bytes of the regular files under ``path``, never following symlinks."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
-            total += st.st_size if not os.path.islink(os.path.join(dirpath, name)) else 0
-    return total
-
-
 @dataclass(frozen=True)
 class StoreInfo:
-    """What `cache ls` shows of one store; raw values here, display forms in ``*_str``."""
+    """What `cache ls` shows of one store; raw values here, display forms in ``*_str``.
+    A store that cannot be read has ``problem`` set and empty contents."""
 
     fingerprint: str
-    path: str
+    location: str
     features: list[str]
     models: list[str]
-    clips: int
-    clips_per_split: dict[str, int]
+    clips: int  # distinct contents committed
+    datasets: dict[str, dict]  # name -> clips, splits, complete, leaks
     size_on_disk: int
     created: float
     last_used: float
     pinned: bool
-    complete: bool
     leased: bool
+    problem: str | None = None
+    schema_version: int | None = SCHEMA_VERSION
+
+    @property
+    def complete(self) -> bool:
+        """Every dataset's last extract run finished without failures (and there is one)."""
+        return bool(self.datasets) and all(d["complete"] for d in self.datasets.values())
+
+    @property
+    def state_str(self) -> str:
+        if self.problem:
+            return "old schema" if self.schema_version != SCHEMA_VERSION else "damaged"
+        return "complete" if self.complete else "incomplete"
 
     @property
     def size_on_disk_str(self) -> str:
@@ -143,7 +156,7 @@ class StoreInfo:
         return human_age(self.created)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "complete": self.complete, "state": self.state_str}
 
 
 def _model_names(record: object) -> list[str]:
@@ -155,52 +168,66 @@ def _model_names(record: object) -> list[str]:
     return []
 
 
-def store_info(path: Path) -> StoreInfo:
-    store = FeatureStore.open(path)
-    per_split: dict[str, int] = {}
-    for entry in store.entries.values():
-        per_split[entry.split] = per_split.get(entry.split, 0) + 1
+def dataset_summary(snapshot: Snapshot) -> dict:
+    return {"clips": len(snapshot.entries), "splits": snapshot.splits(), "complete": snapshot.complete,
+            "failed": snapshot.failed, "data": snapshot.data, "leaks": snapshot.leaks()}  # fmt: skip
+
+
+def store_info(root: Storage, fp: str) -> StoreInfo:
+    """One store's listing; a store that cannot be read is described, not raised."""
+    pinned = root.read(f"{fp}/{PIN_FILE}") is not None
+    leased = store_in_use(root, fp)
+    try:
+        store = FeatureStore.open_in(root, fp)
+        datasets = {}
+        for name in store.snapshot_names():
+            try:
+                datasets[name] = dataset_summary(store.snapshot(name))
+            except StoreError as err:
+                raise StoreError(f"dataset {name!r}: {err}") from None
+    except (StoreError, OSError, ValueError) as err:
+        return StoreInfo(fp, root.child_url(fp), [], [], 0, {}, root.size(fp), 0.0, 0.0, pinned, leased, str(err), _schema_version(root, fp))
     specs = store.config.get("features", {})
-    lease_fd = try_exclusive(path / LEASE_FILE)
-    if lease_fd is not None:
-        os.close(lease_fd)
     return StoreInfo(
-        fingerprint=store.fingerprint,
-        path=str(path),
-        features=sorted(specs),
-        models=sorted(set(_model_names(specs))),
-        clips=len(store),
-        clips_per_split=dict(sorted(per_split.items())),
-        size_on_disk=directory_size(path),
-        created=store.created_at,
-        last_used=store.last_used,
-        pinned=store.pinned,
-        complete=bool(store.state().get("complete")),
-        leased=lease_fd is None,
-    )
+        fingerprint=fp, location=store.location, features=sorted(specs), models=sorted(set(_model_names(specs))),
+        clips=len(store), datasets=datasets, size_on_disk=root.size(fp), created=store.created_at,
+        last_used=store.last_used, pinned=pinned, leased=leased,
+    )  # fmt: skip
+
+
+def _schema_version(root: Storage, fp: str) -> int | None:
+    """The schema a store says it has (its own meta.json, or schema 1's Zarr attributes)."""
+    for key, path in ((META_FILE, ()), (f"{ZARR_DIR}/zarr.json", ("attributes", "msgvip"))):
+        try:
+            record = json.loads(root.read(f"{fp}/{key}") or b"null")
+            for part in path:
+                record = record[part]
+            return int(record["schema_version"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 @dataclass
 class CacheScan:
-    root: Path
+    root: Storage
     stores: list[StoreInfo]
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def size_on_disk(self) -> int:
         return sum(s.size_on_disk for s in self.stores)
 
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{s.location}: {s.problem}" for s in self.stores if s.problem]
 
-def scan_cache(root: Path) -> CacheScan:
-    """Every store under ``root``, most recently used first; unreadable ones become warnings."""
-    stores, warnings = [], []
-    for path in _store_dirs(root):
-        try:
-            stores.append(store_info(path))
-        except (StoreError, OSError, ValueError, KeyError) as err:
-            warnings.append(f"skipped {path}: {err}")
+
+def scan_cache(root: Storage) -> CacheScan:
+    """Every store under ``root``, most recently used first; a damaged one is listed as such and
+    never stops the scan."""
+    stores = [store_info(root, fp) for fp in store_fingerprints(root)]
     stores.sort(key=lambda s: s.last_used, reverse=True)
-    return CacheScan(root, stores, warnings)
+    return CacheScan(root, stores)
 
 
 @dataclass(frozen=True)
@@ -226,15 +253,18 @@ def plan_gc(
     older_than: float | None = None,
     max_size: int | None = None,
     incomplete: bool = False,
+    old_schema: bool = False,
     now: float | None = None,
 ) -> GcPlan:
-    """Select stores by any of the policies (a store goes if one policy picks it); pinned stores and
-    stores under a lease are always spared. ``max_size`` evicts least recently used first until
-    what remains fits."""
-    if keep_last is None and older_than is None and max_size is None and not incomplete:
-        raise GcPolicyError("no policy given: pass --keep-last N, --older-than 30d, --max-size 20G or --incomplete")
+    """Select stores by any of the policies (a store goes if one policy picks it); pinned stores,
+    stores under a lease and damaged stores are always spared. ``max_size`` evicts least
+    recently used first until what remains fits. Stores of an older schema go only with
+    ``old_schema``."""
+    if keep_last is None and older_than is None and max_size is None and not incomplete and not old_schema:
+        raise GcPolicyError("no policy given: pass --keep-last N, --older-than 30d, --max-size 20G, --incomplete or --old-schema")
     now = time.time() if now is None else now
-    by_recent = sorted(scan.stores, key=lambda s: s.last_used, reverse=True)
+    readable = [s for s in scan.stores if not s.problem]
+    by_recent = sorted(readable, key=lambda s: s.last_used, reverse=True)
     reasons: dict[str, str] = {}
     for rank, store in enumerate(by_recent):
         if keep_last is not None and rank >= keep_last:
@@ -243,6 +273,9 @@ def plan_gc(
             reasons.setdefault(store.fingerprint, f"last used {store.last_used_str}")
         if incomplete and not store.complete:
             reasons.setdefault(store.fingerprint, "incomplete")
+    for store in scan.stores:
+        if store.problem and old_schema and store.schema_version is not None and store.schema_version < SCHEMA_VERSION:
+            reasons[store.fingerprint] = f"old schema version {store.schema_version}"
     protected = {s.fingerprint: ("pinned" if s.pinned else "under lease (in use)") for s in scan.stores if s.pinned or s.leased}
     if max_size is not None:
         remaining = sum(s.size_on_disk for s in scan.stores if s.fingerprint not in reasons or s.fingerprint in protected)
@@ -253,35 +286,42 @@ def plan_gc(
                 continue
             reasons[store.fingerprint] = f"least recently used while over {human_size(max_size)}"
             remaining -= store.size_on_disk
-    delete = tuple((s, reasons[s.fingerprint]) for s in by_recent if s.fingerprint in reasons and s.fingerprint not in protected)
-    spared = tuple((s, protected[s.fingerprint]) for s in by_recent if s.fingerprint in reasons and s.fingerprint in protected)
-    return GcPlan(delete, spared)
+    damaged = {s.fingerprint: f"damaged, left for you to inspect ({s.problem})" for s in scan.stores if s.problem and s.fingerprint not in reasons}
+    order = [*by_recent, *(s for s in scan.stores if s.problem)]
+    delete = tuple((s, reasons[s.fingerprint]) for s in order if s.fingerprint in reasons and s.fingerprint not in protected)
+    spared = tuple((s, protected[s.fingerprint]) for s in order if s.fingerprint in reasons and s.fingerprint in protected)
+    return GcPlan(delete, spared + tuple((s, damaged[s.fingerprint]) for s in order if s.fingerprint in damaged))
 
 
-def execute_gc(plan: GcPlan, root: Path) -> list[tuple[StoreInfo, str]]:
+def delete_store(root: Storage, fp: str) -> None:
+    """Remove a store's files; the caller holds its exclusive lease."""
+    if root.local_path is not None:
+        path = root.local_path / fp
+        # Rename first so the store disappears from every listing at once, then delete;
+        # rmtree removes symlinks inside the store without following them.
+        doomed = path.with_name(f".deleting-{fp}-{os.getpid()}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed)
+    else:
+        root.delete_prefix(fp)
+
+
+def execute_gc(plan: GcPlan, root: Storage) -> list[tuple[StoreInfo, str]]:
     """Delete the planned stores; returns (store, outcome) pairs. Each store is re-checked at the
-    moment of deletion: inside ``root``, not a symlink, not pinned, its lease free."""
-    root = root.resolve()
+    moment of deletion: a real store directory of ``root``, not pinned, its lease free."""
     outcomes = []
     for info, _ in plan.delete:
-        path = Path(info.path)
-        if path.is_symlink() or path.resolve().parent != root or not is_fingerprint(path.name):
+        fp = info.fingerprint
+        if not is_fingerprint(fp) or fp not in store_fingerprints(root):
             outcomes.append((info, "skipped: not a store directory inside the cache root"))
             continue
-        if (path / "pinned").exists():
+        if root.read(f"{fp}/{PIN_FILE}") is not None:
             outcomes.append((info, "skipped: pinned since the plan was made"))
             continue
-        fd = try_exclusive(path / LEASE_FILE)
-        if fd is None:
-            outcomes.append((info, "skipped: in use (lease held)"))
-            continue
-        try:
-            # Rename first so the store disappears from every listing at once, then delete;
-            # rmtree removes symlinks inside the store without following them.
-            doomed = path.with_name(f".deleting-{path.name}-{os.getpid()}")
-            os.rename(path, doomed)
-            shutil.rmtree(doomed)
+        with exclusive_store_lease(root, fp) as free:
+            if not free:
+                outcomes.append((info, "skipped: in use (lease held)"))
+                continue
+            delete_store(root, fp)
             outcomes.append((info, "deleted"))
-        finally:
-            os.close(fd)
     return outcomes

@@ -1,65 +1,75 @@
-"""The feature store: one Zarr v3 group per extraction config (DESIGN.md section 4).
+"""The feature store, schema 2: content, segments and membership (DESIGN.md section 4).
 
 Layout of ``<cache_root>/<fingerprint>/``::
 
-    features.zarr/     a plain Zarr v3 group; attributes["msgvip"] hold fingerprint, config,
-                       schema version and the array specs
-      person_mask/     (C, T, N) bool
-      <family>/        (C, T, N, ...) per feature family, e.g. geometry (C, T, N, 18) float32
-                       chunks hold whole clips: R rows of full (T, N) each, R a power of two
-                       sized for ~8 MB chunks (a geometry-only store: 64 clips per chunk)
-    index.jsonl        one JSON line per committed clip (the commit record, written last)
-    state.json         {"complete": bool, "clips_expected": int, "updated_at": unix time}
-    last_used          unix time of the last train/evaluate/extract that opened the store
-    pinned             present when the store is pinned (gc never removes it)
-    .write.lock        exclusive flock for row reservation and index commits
-    .lease             shared flock held by every reader and writer; gc needs it exclusively
+    meta.json                      fingerprint, config, schema version, array specs (sealed JSON)
+    features.zarr/                 a plain Zarr v3 group; attributes["msgvip"] hold a copy of meta.json
+      segments/<segment>/          one group per writer (an extract process, a dask task)
+        frame, slot                (V,) int32: the frame and person slot of each row
+        <family>                   (V, ...) rows of valid person-frames only, e.g. geometry (V, 18)
+    commits/<segment>-<seq>.json   commit records: content hash -> rows of a segment, with an
+                                   xxh3 checksum of each array's rows (sealed JSON)
+    datasets/<name>.json           dataset snapshots: clip key -> content hash, split, target, scene
+    last_used, pinned              access time written by msgvip; gc never takes a pinned store
 
-C (clip rows) grows one chunk (R rows) at a time, each block owned by the one writer that reserved
-it, so concurrent writers never touch the same chunk; T and N grow to the largest clip seen. A
-clip occupies ``[row, :frames, :persons]``, the rest of its row is zeros. A row is visible only
-once its index line exists: arrays are written first, the index lines last, so a killed writer
-leaves at most unused rows that no reader ever sees (Zarr writes each chunk key atomically, but
-an array with unwritten chunks reads back zeros, so zeros are never trusted as data).
+Content: the rows of a clip are keyed by its content hash; the same bytes are never extracted
+twice. Rows are ragged (valid person-frames only), so bytes on disk and in RAM follow the people
+present, never T x N of the largest clip.
+Segments: a writer appends to its own segment and seals each batch of clips with a commit record
+written after the rows, so writers never share an array, a chunk or a file and need no lock; a
+killed writer leaves only rows no record names (``compact`` reclaims them). Where several records
+name one content hash (a repair, or two writers racing) the newest wins.
+Membership: a snapshot per dataset name, replaced whole by each `extract` run of that name.
+Reads are verified: every clip's rows are checked against the checksums of its record, so a
+missing chunk (which Zarr reads back as zeros) or a damaged one is an error naming the clip.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from .fingerprint import array_checksum, is_fingerprint
-from .locks import file_lock
+from .fingerprint import array_checksum, fingerprint, is_fingerprint
+from .locks import store_lease
+from .records import ClipRecord, DamagedRecord, Snapshot, commit_document, parse_commit, seal, unseal
+from .storage import Storage, open_storage
 
-SCHEMA_VERSION = 1
-INDEX_FILE = "index.jsonl"
-STATE_FILE = "state.json"
+SCHEMA_VERSION = 2
+ZARR_DIR = "features.zarr"  # bookkeeping lives outside it, so plain Zarr sees only arrays
+META_FILE = "meta.json"  # the store's metadata, sealed (a copy sits in the Zarr group's attributes)
+SEGMENTS = "segments"
+COMMITS = "commits"
+DATASETS = "datasets"
 LAST_USED_FILE = "last_used"
 PIN_FILE = "pinned"
-LOCK_FILE = ".write.lock"
-LEASE_FILE = ".lease"
-MASK_ARRAY = "person_mask"
-CHUNK_TARGET_BYTES = 8 << 20  # uncompressed bytes per chunk: big enough to amortise Zarr's per-chunk cost
-MAX_ROWS_PER_CHUNK = 64  # and small enough that a killed writer loses little work
-ZARR_DIR = "features.zarr"  # bookkeeping files stay outside it, so plain Zarr sees only arrays
+MASK_ARRAY = "person_mask"  # what writers hand in beside the families; stored as the frame/slot rows
+INDEX_ARRAYS = ("frame", "slot")
+CHUNK_TARGET_BYTES = 4 << 20  # uncompressed bytes per chunk of the widest array
+MAX_ROWS_PER_CHUNK = 1 << 16
+COMMIT_EVERY_CLIPS = 64  # a killed writer loses at most this many clips' work
 
 
 class StoreError(Exception):
-    """A store that cannot be opened or used as asked; the message names the path and the fix."""
+    """A store that cannot be opened or used as asked; the message names the store and the fix."""
+
+
+class DamagedClipError(StoreError):
+    """A clip whose rows are missing or fail their checksum."""
 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One feature array: its trailing shape after (clip, frame, person) and its on-disk dtype."""
+    """One feature array: its per-row trailing shape and its on-disk dtype."""
 
     name: str
     shape: tuple[int, ...]
@@ -77,38 +87,17 @@ class ArraySpec:
     def from_json(cls, record: Mapping) -> ArraySpec:
         return cls(record["name"], tuple(record["shape"]), record["dtype"], tuple(record["dims"]))
 
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
-MASK_SPEC = ArraySpec(MASK_ARRAY, (), "bool")
 
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One committed clip: where its row is, what it is, and how to check it."""
-
-    content_hash: str
-    clip_id: str
-    source: str
-    split: str
-    target: int  # -1 = unlabeled
-    scene: str
-    frames: int
-    persons: int
-    row: int
-    checksums: dict[str, str]
-    written_at: float
-    repairs: dict[str, int] = field(default_factory=dict)
-
-    def to_line(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n"
-
-    @classmethod
-    def from_line(cls, line: str) -> IndexEntry:
-        return cls(**json.loads(line))
+INDEX_SPECS = tuple(ArraySpec(name, (), "int32") for name in INDEX_ARRAYS)
 
 
 def _compressors(dtype: np.dtype) -> list:
-    # Embeddings barely compress: a fast codec with bit-shuffle; geometry and masks are mostly
-    # zero padding and compress well with zstd. crc32c makes any flipped byte in a chunk fail.
+    # Embeddings barely compress: a fast codec with bit-shuffle; geometry and indices compress
+    # well with zstd. crc32c makes any flipped byte in a chunk fail loudly on read.
     if dtype == np.float16:
         blosc = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     else:
@@ -116,328 +105,430 @@ def _compressors(dtype: np.dtype) -> list:
     return [blosc, Crc32cCodec()]
 
 
-class FeatureStore:
-    """A fingerprinted Zarr v3 feature store on local disk.
+def new_segment_id() -> str:
+    """Time-ordered and unique across hosts: newest records sort last."""
+    return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
 
-    Open one with :meth:`create` (writers) or :meth:`open` (readers). Readers see only clips in
-    the index; :meth:`write_clip` is safe from several processes at once.
+
+class FeatureStore:
+    """One fingerprinted store of a cache root (local or object storage).
+
+    Open one with :meth:`create` (writers) or :meth:`open` (readers). ``clips`` holds the newest
+    committed record of each content hash; :meth:`snapshot` gives a dataset's membership.
     """
 
-    def __init__(self, path: Path, meta: Mapping):
-        self.path = Path(path)
-        self.fingerprint: str = meta["fingerprint"]
+    def __init__(self, storage: Storage, fp: str, meta: Mapping):
+        self.storage = storage
+        self.fingerprint = fp
         self.config: dict = meta["config"]
         self.settings: dict = meta.get("settings", {})
-        self.arrays: tuple[ArraySpec, ...] = tuple(ArraySpec.from_json(a) for a in meta["arrays"])
+        self.specs: tuple[ArraySpec, ...] = tuple(ArraySpec.from_json(a) for a in meta["arrays"])
         self.created_at: float = meta["created_at"]
-        self._entries: dict[str, IndexEntry] = {}
-        self._index_offset = 0
-        self._handles: dict[str, zarr.Array] = {}
-        self._last_chunk: dict[str, tuple[int, np.ndarray]] = {}  # array name -> (chunk index, rows)
-        self._rows_per_chunk: int | None = None
+        self.clips: dict[str, ClipRecord] = {}
+        self.damaged_commits: dict[str, str] = {}  # commit key -> problem
+        self._seen_commits: set[str] = set()
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+
+    # ---------------------------------------------------------------- naming
+    def key(self, *parts: str) -> str:
+        return "/".join((self.fingerprint, *parts))
+
+    @property
+    def location(self) -> str:
+        """The store as a user would name it: a path, or a URL on object storage."""
+        return self.storage.child_url(self.fingerprint)
+
+    @property
+    def path(self) -> Path:
+        """The local directory of the store (object-storage stores have none)."""
+        if self.storage.local_path is None:
+            raise StoreError(f"{self.location}: on object storage, not a local directory")
+        return self.storage.local_path / self.fingerprint
+
+    @property
+    def families(self) -> list[str]:
+        return [s.name for s in self.specs]
 
     # ---------------------------------------------------------------- opening
     @classmethod
     def create(
-        cls, path: Path, fingerprint: str, config: Mapping, arrays: Sequence[ArraySpec], settings: Mapping | None = None
+        cls, storage: Storage, fp: str, config: Mapping, arrays: Sequence[ArraySpec], settings: Mapping | None = None
     ) -> FeatureStore:
-        """Open the store at ``path``, creating it if missing; an existing one must match.
-
-        ``config`` is the record the fingerprint hashes; ``settings`` are the user-facing options
-        that produced it (kept so the same extraction can be rerun on new clips).
-        """
-        path = Path(path)
-        if path.is_symlink():
-            raise StoreError(f"{path}: is a symlink; msgvip writes only into real directories under the cache root")
-        path.mkdir(parents=True, exist_ok=True)
-        refuse_symlinks(path)
-        with file_lock(path / LOCK_FILE):
-            if not (path / ZARR_DIR / "zarr.json").exists():
-                meta = {
-                    "fingerprint": fingerprint,
-                    "config": dict(config),
-                    "settings": dict(settings or {}),
-                    "schema_version": SCHEMA_VERSION,
-                    "arrays": [a.to_json() for a in (MASK_SPEC, *arrays)],
-                    "created_at": time.time(),
-                    "versions": _package_versions(),
-                }
-                group = zarr.open_group(str(path / ZARR_DIR), mode="w", zarr_format=3)
-                group.attrs["msgvip"] = meta
-                _write_json_atomic(path / STATE_FILE, {"complete": False, "clips_expected": 0, "updated_at": time.time()})
-        store = cls.open(path)
-        if store.fingerprint != fingerprint:
-            raise StoreError(f"{path}: holds fingerprint {store.fingerprint}, expected {fingerprint}; refusing to mix configs")
+        """Open store ``fp`` of ``storage``, creating it if missing; an existing one must match.
+        Call it under :func:`store_lease` so gc cannot take the store while it is being made."""
+        if storage.is_local:
+            refuse_symlinks(storage.local_path / fp)
+        if storage.read(f"{fp}/{META_FILE}") is None:
+            meta = {
+                "fingerprint": fp, "config": dict(config), "settings": dict(settings or {}), "schema_version": SCHEMA_VERSION,
+                "arrays": [a.to_json() for a in arrays], "created_at": time.time(), "versions": _package_versions(),
+            }  # fmt: skip
+            group = zarr.open_group(store=storage.zarr_store, path=f"{fp}/{ZARR_DIR}", mode="a", zarr_format=3)
+            group.attrs["msgvip"] = meta  # a copy for plain-Zarr readers; meta.json is what msgvip trusts
+            storage.write(f"{fp}/{META_FILE}", seal(meta))  # last: its presence means the store exists
+        store = cls.open_in(storage, fp)
+        if fingerprint(store.config) != fingerprint(config) or store.families != [a.name for a in arrays]:
+            raise StoreError(f"{store.location}: holds another config than its fingerprint {fp} names; the store is damaged (nothing was changed)")
         return store
 
     @classmethod
-    def open(cls, path: Path) -> FeatureStore:
-        """Open an existing store for reading (and writing); clear errors for foreign or old stores."""
-        path = Path(path)
-        meta = read_store_meta(path)
-        store = cls(path, meta)
+    def open_in(cls, storage: Storage, fp: str) -> FeatureStore:
+        store = cls(storage, fp, read_store_meta(storage, fp))
         store.refresh()
         return store
 
-    # ---------------------------------------------------------------- index
-    def refresh(self) -> None:
-        """Read index lines appended since the last call (a torn last line is left for later)."""
-        index = self.path / INDEX_FILE
-        if not index.exists():
-            return
-        with open(index, "rb") as f:
-            f.seek(self._index_offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        names = {a.name for a in self.arrays}
-        for line in data[:end].splitlines():
-            try:
-                entry = IndexEntry.from_line(line.decode("utf-8"))
-            except (ValueError, TypeError, UnicodeDecodeError):
-                continue  # a torn line from a killed writer, later overwritten: never data
-            if set(entry.checksums) != names or entry.row < 0:
-                raise StoreError(
-                    f"{index}: entry for clip {entry.clip_id!r} has arrays {sorted(entry.checksums)} at row {entry.row}, "
-                    f"this store holds {sorted(names)}: the index belongs to another store or is damaged (nothing was changed)"
-                )
-            self._entries[entry.content_hash] = entry  # the last line for a clip wins (relabels)
-        self._index_offset += end
+    @classmethod
+    def open(cls, location: str | os.PathLike, options: Mapping[str, str] | None = None) -> FeatureStore:
+        """Open a store from its path or URL (``<cache_root>/<fingerprint>``)."""
+        text = os.fspath(location).rstrip("/")
+        parent, _, fp = text.rpartition("/")
+        return cls.open_in(open_storage(parent or ".", options), fp)
 
-    @property
-    def entries(self) -> dict[str, IndexEntry]:
-        """Committed clips by content hash."""
-        return self._entries
+    # ---------------------------------------------------------------- records
+    def refresh(self) -> None:
+        """Read commit records written since the last call; the newest record of a clip wins.
+        A damaged record is kept aside (``damaged_commits``), never trusted."""
+        fresh = [k for k in self.storage.list(self.key(COMMITS) + "/") if k.endswith(".json") and k not in self._seen_commits]
+        for key in sorted(fresh):  # segment ids are time-ordered: newest last, so it wins
+            self._seen_commits.add(key)
+            data = self.storage.read(key)
+            if data is None:
+                continue  # removed by a compaction since it was listed
+            try:
+                for record in parse_commit(data):
+                    self.clips[record.content_hash] = record
+            except DamagedRecord as err:
+                self.damaged_commits[key] = str(err)
 
     def __contains__(self, content_hash: str) -> bool:
-        return content_hash in self._entries
+        return content_hash in self.clips
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.clips)
 
-    def entries_for(self, split: str | None = None) -> list[IndexEntry]:
-        """Committed clips of one split (all when None), in row order."""
-        rows = [e for e in self._entries.values() if split is None or e.split == split]
-        return sorted(rows, key=lambda e: e.row)
+    # ---------------------------------------------------------------- snapshots
+    def snapshot_names(self) -> list[str]:
+        names = self.storage.list_dir(self.key(DATASETS))
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
+
+    def snapshot(self, name: str) -> Snapshot:
+        data = self.storage.read(self.key(DATASETS, f"{name}.json"))
+        if data is None:
+            known = ", ".join(self.snapshot_names()) or "none"
+            raise StoreError(f"{self.location}: no dataset {name!r} (datasets: {known}); `msgvip extract DATA --dataset {name}` writes it")
+        try:
+            return Snapshot.from_bytes(data)
+        except DamagedRecord as err:
+            raise StoreError(f"{self.location}: dataset snapshot {name!r} is damaged ({err}); rerun `msgvip extract` on its data to rewrite it") from None
+
+    def resolve_dataset(self, name: str | None) -> Snapshot:
+        """The snapshot named ``name``; without a name, the only one the store has."""
+        if name is not None:
+            return self.snapshot(name)
+        names = self.snapshot_names()
+        if len(names) == 1:
+            return self.snapshot(names[0])
+        if not names:
+            raise StoreError(f"{self.location}: no dataset snapshot yet; run `msgvip extract DATA` to write one")
+        raise StoreError(f"{self.location}: holds datasets {', '.join(names)}; choose one with --dataset NAME")
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the snapshot of its name at once (one atomic write)."""
+        self.storage.write(self.key(DATASETS, f"{snapshot.name}.json"), snapshot.to_bytes())
 
     # ---------------------------------------------------------------- writing
-    def writer(self) -> StoreWriter:
-        """A buffered writer: clips are written a chunk of rows at a time, then committed."""
-        return StoreWriter(self)
+    def writer(self) -> SegmentWriter:
+        return SegmentWriter(self)
 
-    def write_clip(self, entry: IndexEntry, features: Mapping[str, np.ndarray]) -> IndexEntry | None:
-        """Write and commit one clip at once (a whole chunk of rows for one clip: for tests and
-        small jobs; bulk writers use :meth:`writer`). None if another writer committed it first."""
-        with self.writer() as writer:
-            writer.add(entry, features)
-        return writer.committed[0] if writer.committed else None
-
-    def update_labels(self, updates: Sequence[IndexEntry]) -> None:
-        """Re-commit entries whose labels or split changed; features are untouched."""
-        if not updates:
-            return
-        with file_lock(self.path / LOCK_FILE):
-            self.refresh()
-            self._append_index("".join(u.to_line() for u in updates))
-
-    def _append_index(self, text: str) -> None:
-        # Called under the writer lock, right after refresh(), so every complete line is consumed
-        # and whatever lies past the offset is a line torn by a killed writer: cut it off so the
-        # next line does not fuse with it.
-        with open(self.path / INDEX_FILE, "ab") as f:
-            f.truncate(self._index_offset)
-            f.write(text.encode("utf-8"))
-        self.refresh()
-
-    @property
-    def rows_per_chunk(self) -> int | None:
-        """Clip rows per chunk of every array (None before the first write; fixed after it)."""
-        if self._rows_per_chunk is None:
-            meta = self.path / ZARR_DIR / MASK_ARRAY / "zarr.json"
-            if meta.exists():
-                self._rows_per_chunk = int(json.loads(meta.read_text())["chunk_grid"]["configuration"]["chunk_shape"][0])
-        return self._rows_per_chunk
-
-    def _rows_per_chunk_for(self, frames: int, persons: int) -> int:
-        """The largest power of two of rows whose biggest array chunk stays under the target size."""
-        row_bytes = max(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in self.arrays) * frames * persons
+    def rows_per_chunk(self) -> int:
+        widest = max(s.row_bytes for s in (*self.specs, *INDEX_SPECS))
         rows = 1
-        while rows * 2 <= MAX_ROWS_PER_CHUNK and rows * 2 * row_bytes <= CHUNK_TARGET_BYTES:
+        while rows * 2 <= MAX_ROWS_PER_CHUNK and rows * 2 * widest <= CHUNK_TARGET_BYTES:
             rows *= 2
         return rows
 
-    def _reserve_block(self, frames: int, persons: int) -> tuple[int, int, int, int]:
-        """Append one chunk of rows to every array (growing T and N to at least frames x persons)
-        and return (first row, rows per chunk, T, N). The block belongs to the caller alone, so
-        concurrent writers never share a chunk."""
-        with file_lock(self.path / LOCK_FILE):
-            group = zarr.open_group(str(self.path / ZARR_DIR), mode="r+")
-            exists = (self.path / ZARR_DIR / MASK_ARRAY / "zarr.json").exists()
-            if exists:
-                mask = group[MASK_ARRAY]
-                (start, t, n), block = mask.shape, mask.chunks[0]
+    def _array(self, segment: str, spec: ArraySpec, create: bool = False) -> zarr.Array:
+        handle = self._arrays.get((segment, spec.name))
+        if handle is None:
+            path = self.key(ZARR_DIR, SEGMENTS, segment, spec.name)
+            if create:
+                handle = zarr.create_array(
+                    store=self.storage.zarr_store, name=path, shape=(0, *spec.shape), chunks=(self.rows_per_chunk(), *spec.shape),
+                    dtype=spec.dtype, fill_value=0, compressors=_compressors(np.dtype(spec.dtype)), dimension_names=("row", *spec.dims),
+                    zarr_format=3,
+                )  # fmt: skip
             else:
-                start, t, n, block = 0, frames, persons, self._rows_per_chunk_for(frames, persons)
-            t, n = max(t, frames), max(n, persons)
-            for spec in self.arrays:
-                shape = (start + block, t, n, *spec.shape)
-                if exists:
-                    group[spec.name].resize(shape)
-                else:
-                    group.create_array(
-                        spec.name,
-                        shape=shape,
-                        chunks=(block, t, n, *spec.shape),
-                        dtype=spec.dtype,
-                        fill_value=0,
-                        compressors=_compressors(np.dtype(spec.dtype)),
-                        dimension_names=("clip", "frame", "person", *spec.dims),
-                    )
-        self._handles.clear()  # shapes changed: reopen lazily
-        return start, block, t, n
-
-    def _commit(self, entries: Sequence[IndexEntry]) -> list[IndexEntry]:
-        """Append index lines for entries no other writer committed first; returns those."""
-        with file_lock(self.path / LOCK_FILE):
-            self.refresh()
-            fresh = [e for e in entries if e.content_hash not in self._entries]
-            fresh = list({e.content_hash: e for e in fresh}.values())
-            if fresh:
-                self._append_index("".join(e.to_line() for e in fresh))
-        return fresh
-
-    def _handle(self, name: str, row: int = -1) -> zarr.Array:
-        handle = self._handles.get(name)
-        if handle is None or row >= handle.shape[0]:
-            handle = self._handles[name] = zarr.open_array(str(self.path / ZARR_DIR), path=name, mode="r+")
+                handle = zarr.open_array(store=self.storage.zarr_store, path=path, mode="r")
+            self._arrays[(segment, spec.name)] = handle
         return handle
 
     # ---------------------------------------------------------------- reading
-    def read_clip(self, entry: IndexEntry, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """The clip's arrays cropped to its own (frames, persons).
+    def read_clips(self, records: Sequence[ClipRecord], names: Sequence[str] | None = None, label=None) -> dict[str, np.ndarray]:
+        """Rows of ``records`` concatenated in their order, per array (``frame``, ``slot`` and the
+        families in ``names``, default all), each clip checked against its checksums.
 
-        The last decoded chunk of each array is kept, so reading clips in row order decodes each
-        chunk once. Safe because a chunk is written whole, once, before any of its rows is
-        committed, and never again."""
-        names = [a.name for a in self.arrays] if names is None else names
-        block = self.rows_per_chunk or 1
-        chunk = entry.row // block
-        out = {}
-        for n in names:
-            cached = self._last_chunk.get(n)
-            if cached is None or cached[0] != chunk:
-                cached = self._last_chunk[n] = (chunk, self._handle(n, entry.row)[chunk * block : (chunk + 1) * block])
-            out[n] = cached[1][entry.row - chunk * block, : entry.frames, : entry.persons]
-        return out
-
-    def read_rows(self, rows: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Whole padded rows, (len(rows), T, N, ...) per array; rows must be committed ones."""
-        names = [a.name for a in self.arrays] if names is None else names
-        rows = np.asarray(rows, dtype=np.int64)
-        if not rows.size:
-            return {n: self._handle(n)[0:0] for n in names}
-        low, high = int(rows.min()), int(rows.max()) + 1
-        out = {}
-        for n in names:
-            handle = self._handle(n, high - 1)
-            if len(rows) * 4 >= high - low:  # dense: one contiguous read beats per-row selection
-                out[n] = handle[low:high][rows - low]
-            else:
-                out[n] = handle.get_orthogonal_selection((rows,))
-        return out
-
-    def index_problem(self) -> str | None:
-        """A store-level problem of the index, or None: arrays with rows but no index at all."""
-        if not (self.path / INDEX_FILE).exists() and self.rows_per_chunk is not None:
-            rows = zarr.open_array(str(self.path / ZARR_DIR), path=MASK_ARRAY, mode="r").shape[0]
-            return f"{self.path / INDEX_FILE}: index.jsonl is missing while the arrays hold {rows} rows; no clip counts as committed (nothing was changed)"
-        return None
-
-    def verify(self) -> list[tuple[IndexEntry, str]]:
-        """Re-read every committed clip, a chunk at a time, and compare checksums; returns
-        (entry, problem) pairs, collected rather than raised."""
-        problems = []
-        by_chunk: dict[int, list[IndexEntry]] = {}
-        for entry in self.entries_for():
-            by_chunk.setdefault(entry.row // (self.rows_per_chunk or 1), []).append(entry)
-        for entries in by_chunk.values():
-            for spec in self.arrays:
+        Rows are read in runs of nearby records of one segment, one read per array per run.
+        ``label(record)`` names a clip in errors (default: its content hash)."""
+        names = [*INDEX_ARRAYS, *(self.families if names is None else names)]
+        specs = {s.name: s for s in (*self.specs, *INDEX_SPECS)}
+        parts: dict[str, list[np.ndarray]] = {n: [None] * len(records) for n in names}
+        for run in _runs(records):
+            lo = min(records[i].offset for i in run)
+            hi = max(records[i].offset + records[i].length for i in run)
+            for name in names:
                 try:
-                    rows = self.read_rows(np.array([e.row for e in entries]), [spec.name])[spec.name]
-                except Exception as err:  # a corrupt chunk fails its crc32c or its decompression
-                    problems += [(e, f"{spec.name}: unreadable chunk ({type(err).__name__}: {err})") for e in entries]
-                    continue
-                for entry, row in zip(entries, rows):
-                    if array_checksum(row[: entry.frames, : entry.persons]) != entry.checksums.get(spec.name):
-                        problems.append((entry, f"{spec.name}: checksum mismatch"))
+                    rows = self._array(records[run[0]].segment, specs[name])[lo:hi]
+                except Exception as err:  # a chunk failing its crc32c or its decompression, a missing array
+                    if len(run) > 1:
+                        for i in run:  # find the clip(s) the damage belongs to
+                            parts[name][i] = self.read_clips([records[i]], [name] if name not in INDEX_ARRAYS else [], label)[name]
+                        continue
+                    raise self._damaged(records[run[0]], name, f"unreadable ({type(err).__name__}: {err})", label) from None
+                for i in run:
+                    r = records[i]
+                    parts[name][i] = rows[r.offset - lo : r.offset - lo + r.length]
+        for name in names:
+            for i, r in enumerate(records):
+                if array_checksum(parts[name][i]) != r.checksums.get(name):
+                    raise self._damaged(r, name, "rows fail their checksum (missing or changed chunk)", label)
+        return {n: np.concatenate(p) if p else np.zeros((0, *specs[n].shape), specs[n].dtype) for n, p in parts.items()}
+
+    def _damaged(self, record: ClipRecord, name: str, problem: str, label) -> DamagedClipError:
+        return DamagedClipError(
+            f"{self.location}: clip {label(record) if label else record.content_hash}: array {name!r} of segment "
+            f"{record.segment}: {problem}; rerun `msgvip extract` on its data to re-extract it (see `msgvip cache verify {self.fingerprint[:12]}`)"
+        )
+
+    def read_clip(self, content_hash: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """One clip as dense arrays: ``person_mask`` (T, N) and each family (T, N, ...), zeros where absent."""
+        record = self.clips[content_hash]
+        rows = self.read_clips([record], names)
+        mask = np.zeros((record.frames, record.persons), bool)
+        mask[rows["frame"], rows["slot"]] = True
+        out = {MASK_ARRAY: mask}
+        for spec in self.specs:
+            if spec.name in rows:
+                dense = np.zeros((record.frames, record.persons, *spec.shape), spec.dtype)
+                dense[rows["frame"], rows["slot"]] = rows[spec.name]
+                out[spec.name] = dense
+        return out
+
+    # ---------------------------------------------------------------- checking
+    def check(self, records: Sequence[ClipRecord], batch: int = 256, label=None) -> list[tuple[ClipRecord, str]]:
+        """(record, problem) for each clip whose rows are missing or damaged: read in batches,
+        a failing batch again clip by clip to name the culprits."""
+        records = sorted(records, key=lambda r: (r.segment, r.offset))
+        problems = []
+        for i in range(0, len(records), batch):
+            try:
+                self.read_clips(records[i : i + batch])
+            except DamagedClipError:
+                for record in records[i : i + batch]:
+                    try:
+                        self.read_clips([record], label=label)
+                    except DamagedClipError as err:
+                        problems.append((record, str(err)))
+        return problems
+
+    def verify(self) -> list[tuple[str, str]]:
+        """Check every byte that changes results: metadata (fingerprint re-derived from the
+        recorded config), every commit record, every snapshot, and the rows of every committed
+        clip. Returns (what, problem) pairs, collected rather than raised."""
+        problems: list[tuple[str, str]] = []
+        try:
+            read_store_meta(self.storage, self.fingerprint, check=True)
+        except StoreError as err:
+            problems.append(("metadata", str(err)))
+        self.refresh()
+        problems += [(key, f"commit record damaged: {why}") for key, why in sorted(self.damaged_commits.items())]
+        for name in self.snapshot_names():
+            try:
+                snapshot = self.snapshot(name)
+            except StoreError as err:
+                problems.append((f"dataset {name}", str(err)))
+                continue
+            missing = [e.key for e in snapshot.entries if e.content_hash not in self.clips]
+            problems += [(f"dataset {name}", f"clip {k} has no committed rows; rerun `msgvip extract` on its data") for k in missing]
+        names: dict[str, list[str]] = {}  # content hash -> "dataset:key" of every clip that uses it
+        for name in self.snapshot_names():
+            try:
+                for e in self.snapshot(name).entries:
+                    names.setdefault(e.content_hash, []).append(f"{name}:{e.key}")
+            except StoreError:
+                continue  # reported above
+        label = lambda r: ", ".join(names.get(r.content_hash, [])) or f"{r.content_hash} (in no dataset)"  # noqa: E731
+        problems += [(label(r), why) for r, why in self.check(list(self.clips.values()), label=label)]
         return problems
 
     # ---------------------------------------------------------------- state
     @contextmanager
     def lease(self) -> Iterator[None]:
-        """Hold a shared lease for the block: gc leaves the store alone while it is held."""
-        with file_lock(self.path / LEASE_FILE, shared=True, timeout=None):
+        """Hold a shared lease for the block: gc and compact leave the store alone while it is held."""
+        with store_lease(self.storage, self.fingerprint):
             yield
 
     def touch(self) -> None:
         """Record use now (file atime is unreliable, so msgvip writes it itself)."""
-        _write_text_atomic(self.path / LAST_USED_FILE, f"{time.time():.3f}\n")
-
-    def set_state(self, *, complete: bool, clips_expected: int) -> None:
-        _write_json_atomic(self.path / STATE_FILE, {"complete": complete, "clips_expected": clips_expected, "updated_at": time.time()})
-
-    def state(self) -> dict:
-        try:
-            return json.loads((self.path / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            return {"complete": False, "clips_expected": 0, "updated_at": 0.0}
+        self.storage.write(self.key(LAST_USED_FILE), f"{time.time():.3f}\n".encode())
 
     @property
     def last_used(self) -> float:
         try:
-            return float((self.path / LAST_USED_FILE).read_text())
-        except (OSError, ValueError):
-            return self.created_at
+            return float((self.storage.read(self.key(LAST_USED_FILE)) or b"").decode())
+        except (ValueError, UnicodeDecodeError):
+            return self.created_at  # missing or garbled: the creation time is the honest fallback
 
     @property
     def pinned(self) -> bool:
-        return (self.path / PIN_FILE).exists()
+        return self.storage.read(self.key(PIN_FILE)) is not None
 
     def set_pinned(self, pinned: bool) -> None:
         if pinned:
-            os.close(os.open(self.path / PIN_FILE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+            self.storage.write(self.key(PIN_FILE), b"")
         else:
-            (self.path / PIN_FILE).unlink(missing_ok=True)
+            self.storage.delete(self.key(PIN_FILE))
+
+
+def _runs(records: Sequence[ClipRecord], max_gap: int = 4096) -> list[list[int]]:
+    """Positions of ``records`` grouped into runs of one segment whose rows lie close together,
+    so a run is read with one contiguous read per array without reading much it does not need."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].segment, records[i].offset))
+    runs: list[list[int]] = []
+    end = None
+    for i in order:
+        r = records[i]
+        if runs and records[runs[-1][0]].segment == r.segment and r.offset - end <= max_gap:
+            runs[-1].append(i)
+            end = max(end, r.offset + r.length)
+        else:
+            runs.append([i])
+            end = r.offset + r.length
+    return runs
+
+
+class SegmentWriter:
+    """Appends clips to a segment of its own and commits them in batches.
+
+    ``add`` packs a clip's valid person-frames into rows; every ``COMMIT_EVERY_CLIPS`` clips or
+    chunk of rows, :meth:`flush` writes the rows, then seals a commit record naming them. Use as a
+    context manager: leaving the block flushes what is buffered.
+    """
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self.segment = new_segment_id()
+        self.rows = 0  # rows written so far
+        self.seq = 0
+        self.pending: list[tuple[ClipRecord, dict[str, np.ndarray]]] = []
+        self.committed: list[ClipRecord] = []
+        self._pending_hashes: set[str] = set()
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+    def add(self, content_hash: str, features: Mapping[str, np.ndarray]) -> list[ClipRecord]:
+        """Buffer one clip: ``features`` maps ``person_mask`` (T, N) and every family of the store
+        to (T, N, ...). Returns the records committed by this call, if any."""
+        where = self.store.location
+        expected = {MASK_ARRAY, *self.store.families}
+        if set(features) != expected:
+            raise StoreError(f"{where}: clip {content_hash} has arrays {sorted(features)}, the store holds {sorted(expected)}")
+        mask = np.asarray(features[MASK_ARRAY], bool)
+        if mask.ndim != 2:
+            raise StoreError(f"{where}: clip {content_hash}: person_mask has shape {mask.shape}, expected (T, N)")
+        frame, slot = np.nonzero(mask)
+        rows = {"frame": frame.astype(np.int32), "slot": slot.astype(np.int32)}
+        for spec in self.store.specs:
+            array = np.asarray(features[spec.name])
+            if array.shape != (*mask.shape, *spec.shape):
+                raise StoreError(f"{where}: array {spec.name!r} of clip {content_hash} has shape {array.shape}, expected {(*mask.shape, *spec.shape)}")
+            rows[spec.name] = array[mask]
+        return self.add_rows(content_hash, *mask.shape, rows)
+
+    def add_rows(self, content_hash: str, frames: int, persons: int, rows: Mapping[str, np.ndarray]) -> list[ClipRecord]:
+        """Buffer one clip given as rows already (``frame``, ``slot`` and every family)."""
+        if content_hash in self._pending_hashes:
+            return []
+        specs = (*INDEX_SPECS, *self.store.specs)
+        rows = {s.name: np.ascontiguousarray(rows[s.name], dtype=s.dtype) for s in specs}
+        record = ClipRecord(content_hash, self.segment, -1, len(rows["frame"]), frames, persons, {n: array_checksum(a) for n, a in rows.items()})
+        self.pending.append((record, rows))
+        self._pending_hashes.add(content_hash)
+        pending_rows = sum(r.length for r, _ in self.pending)
+        if len(self.pending) >= COMMIT_EVERY_CLIPS or pending_rows >= self.store.rows_per_chunk():
+            return self.flush()
+        return []
+
+    def flush(self) -> list[ClipRecord]:
+        """Write the buffered rows, then commit them; returns the records committed."""
+        if not self.pending:
+            return []
+        batch, self.pending = self.pending, []
+        self._pending_hashes.clear()
+        total = sum(r.length for r, _ in batch)
+        for spec in (*INDEX_SPECS, *self.store.specs):
+            array = self.store._array(self.segment, spec, create=self.rows == 0 and self.seq == 0)
+            array.resize((self.rows + total, *spec.shape))
+            if total:
+                array[self.rows : self.rows + total] = np.concatenate([rows[spec.name] for _, rows in batch])
+        records, offset = [], self.rows
+        for record, _ in batch:
+            records.append(replace(record, offset=offset))
+            offset += record.length
+        key = self.store.key(COMMITS, f"{self.segment}-{self.seq:06d}.json")
+        self.store.storage.write(key, commit_document(self.segment, self.seq, records, time.time()))
+        self.rows, self.seq = offset, self.seq + 1
+        self.committed += records
+        self.store.clips.update((r.content_hash, r) for r in records)
+        return records
 
 
 def refuse_symlinks(path: Path) -> None:
     """Writers refuse a store holding symlinks: writing through one could change files outside
     the cache root. (Readers and gc never follow them either.)"""
+    if path.is_symlink():
+        raise StoreError(f"{path}: is a symlink; msgvip writes only into real directories under the cache root")
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             if os.path.islink(os.path.join(dirpath, name)):
                 raise StoreError(f"{os.path.join(dirpath, name)}: a symlink inside a store; refusing to write through it")
 
 
-def read_store_meta(path: Path) -> dict:
-    """The store's msgvip attributes, with a clear error for missing, foreign or old stores."""
-    meta_file = Path(path) / ZARR_DIR / "zarr.json"
-    if not meta_file.is_file():
-        raise StoreError(f"{path}: no feature store here (zarr.json missing); run `msgvip extract` to create one")
+def read_store_meta(storage: Storage, fp: str, check: bool = False) -> dict:
+    """The store's metadata (``meta.json``, sealed), with a clear error for missing, foreign, old
+    or damaged stores. ``check`` also re-derives the fingerprint from the recorded config."""
+    where = storage.child_url(fp)
+    data = storage.read(f"{fp}/{META_FILE}")
+    if data is None:
+        try:
+            attrs = json.loads(storage.read(f"{fp}/{ZARR_DIR}/zarr.json") or b"null")
+            old = attrs["attributes"]["msgvip"]
+        except (ValueError, KeyError, TypeError):
+            old = None
+        if isinstance(old, dict) and old.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: store schema version {old.get('schema_version')}, this msgvip reads version {SCHEMA_VERSION} (ragged rows, "
+                "dataset snapshots); rebuild it: `msgvip extract DATA` writes a new store, `msgvip cache gc --old-schema` removes this one"
+            )
+        if storage.read(f"{fp}/{ZARR_DIR}/zarr.json") is not None:
+            raise StoreError(f"{where}: {META_FILE} missing: not an msgvip feature store, or one whose creation was cut short (nothing was changed)")
+        raise StoreError(f"{where}: no feature store here ({META_FILE} missing); run `msgvip extract` to create one")
     try:
-        attrs = json.loads(meta_file.read_text()).get("attributes", {})
-    except ValueError as err:
-        raise StoreError(f"{meta_file}: unreadable ({err}); the store is damaged, nothing was changed") from None
-    meta = attrs.get("msgvip")
-    if not isinstance(meta, dict):
-        raise StoreError(f"{path}: a Zarr group but not an msgvip feature store (no 'msgvip' attribute); nothing was changed")
-    if not is_fingerprint(str(meta.get("fingerprint", ""))):
-        raise StoreError(f"{path}: records fingerprint {meta.get('fingerprint')!r}, not a 32-digit hex fingerprint; the store is damaged or forged")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: store schema version {version}, this msgvip reads version {SCHEMA_VERSION}; "
-            "re-extract into a new cache dir or use the msgvip release that wrote it (nothing was changed)"
-        )
+        meta = unseal(data)
+        [ArraySpec.from_json(a) for a in meta["arrays"]], meta["config"], meta["created_at"]
+    except DamagedRecord as err:
+        raise StoreError(f"{where}: {META_FILE} is damaged ({err}); the store cannot be trusted, rebuild it with `msgvip extract`") from None
+    except (KeyError, TypeError) as err:
+        raise StoreError(f"{where}: {META_FILE} lacks {err}; the store is damaged") from None
+    if meta.get("fingerprint") != fp or not is_fingerprint(fp):
+        raise StoreError(f"{where}: records fingerprint {meta.get('fingerprint')!r}, not its directory's {fp}; the store is damaged or forged")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{where}: store schema version {meta.get('schema_version')}, this msgvip reads version {SCHEMA_VERSION}; rebuild it with `msgvip extract`")
+    if check and fingerprint(meta["config"]) != fp:
+        raise StoreError(f"{where}: the recorded config hashes to {fingerprint(meta['config'])}, not {fp}; the store is damaged or forged")
     return meta
 
 
@@ -451,74 +542,3 @@ def _package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[name] = "unknown"
     return versions
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, record: Mapping) -> None:
-    _write_text_atomic(path, json.dumps(record, sort_keys=True) + "\n")
-
-
-class StoreWriter:
-    """Buffers clips and writes them a chunk of rows at a time; commits after each chunk.
-
-    Each flush reserves a fresh block of rows (one chunk of every array) under the writer lock,
-    writes the buffered clips into it with one chunk write per array, then appends their index
-    lines. A writer killed before a flush loses only its buffered, uncommitted clips.
-    Use as a context manager: leaving the block flushes what is buffered.
-    """
-
-    def __init__(self, store: FeatureStore):
-        self.store = store
-        self.specs = {a.name: a for a in store.arrays}
-        self.pending: list[tuple[IndexEntry, dict[str, np.ndarray]]] = []
-        self.committed: list[IndexEntry] = []
-        self._rows_per_chunk = store.rows_per_chunk
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.flush()
-
-    def add(self, entry: IndexEntry, features: Mapping[str, np.ndarray]) -> list[IndexEntry]:
-        """Buffer one clip; ``features`` maps every array of the store (``person_mask`` included)
-        to (frames, persons, *spec.shape). Returns the entries committed by this call, if any."""
-        path = self.store.path
-        if set(features) != set(self.specs):
-            raise StoreError(f"{path}: clip {entry.clip_id} has arrays {sorted(features)}, the store holds {sorted(self.specs)}")
-        cast = {}
-        for name, spec in self.specs.items():
-            array = np.asarray(features[name])
-            expected = (entry.frames, entry.persons, *spec.shape)
-            if array.shape != expected:
-                raise StoreError(f"{path}: array {name!r} of clip {entry.clip_id} has shape {array.shape}, expected {expected}")
-            cast[name] = array.astype(spec.dtype, copy=False)
-        checksums = {n: array_checksum(a) for n, a in cast.items()}
-        self.pending.append((IndexEntry(**{**asdict(entry), "checksums": checksums}), cast))
-        if self._rows_per_chunk is None:
-            self._rows_per_chunk = self.store._rows_per_chunk_for(entry.frames, entry.persons)
-        return self.flush() if len(self.pending) >= self._rows_per_chunk else []
-
-    def flush(self) -> list[IndexEntry]:
-        """Write and commit everything buffered; returns the entries committed."""
-        committed = []
-        while self.pending:
-            frames = max(e.frames for e, _ in self.pending)
-            persons = max(e.persons for e, _ in self.pending)
-            start, block, t, n = self.store._reserve_block(frames, persons)
-            self._rows_per_chunk = block
-            batch, self.pending = self.pending[:block], self.pending[block:]
-            for name, spec in self.specs.items():
-                stacked = np.zeros((len(batch), t, n, *spec.shape), dtype=spec.dtype)
-                for i, (e, arrays) in enumerate(batch):
-                    stacked[i, : e.frames, : e.persons] = arrays[name]
-                self.store._handle(name, start + block - 1)[start : start + len(batch)] = stacked
-            rows = [IndexEntry(**{**asdict(e), "row": start + i}) for i, (e, _) in enumerate(batch)]
-            committed += self.store._commit(rows)
-        self.committed += committed
-        return committed

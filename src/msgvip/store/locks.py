@@ -12,8 +12,11 @@ shared POSIX file system that supports ``flock`` (NFS v4 maps it to byte-range l
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +55,101 @@ def try_exclusive(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+# ------------------------------------------------------------------------------------ store leases
+# A lease says "a process is using (or creating) store FP": gc and compact never take a leased
+# store. It lives beside the store, not in it, so it can be held before the store's directory
+# exists: gc can then never delete a store an extract is in the middle of creating.
+#
+# Locally it is a shared flock on <root>/.locks/<fp>.lease (dropped by the kernel when the holder
+# dies). On object storage, which has no locks, it is a heartbeat object
+# .leases/<fp>/<holder>.json rewritten every HEARTBEAT_SECONDS; gc honours heartbeats younger than
+# STALE_SECONDS. gc first writes .leases/<fp>/deleting, then looks for heartbeats; a holder writes
+# its heartbeat, then looks for that marker and waits while it is there. Whichever order the two
+# interleave in, one of them sees the other (S3 reads are strongly consistent).
+
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 60.0
+DELETING = "deleting"
+
+
+def _lease_file(storage, fp: str) -> Path:
+    folder = storage.local_path / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{fp}.lease"
+
+
+def _heartbeat(storage, key: str) -> None:
+    storage.write(key, json.dumps({"heartbeat": time.time(), "pid": os.getpid()}).encode())
+
+
+def _fresh(storage, key: str, now: float) -> bool:
+    data = storage.read(key)
+    try:
+        return data is not None and now - float(json.loads(data)["heartbeat"]) < STALE_SECONDS
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+@contextmanager
+def store_lease(storage, fp: str) -> Iterator[None]:
+    """Hold a shared lease on store ``fp`` of ``storage`` for the block (see above)."""
+    if storage.is_local:
+        with file_lock(_lease_file(storage, fp), shared=True, timeout=None):
+            yield
+        return
+    key = f".leases/{fp}/{uuid.uuid4().hex}.json"
+    _heartbeat(storage, key)
+    while _fresh(storage, f".leases/{fp}/{DELETING}", time.time()):
+        time.sleep(1.0)  # a gc is deleting this store: let it finish, then (re)create it
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            _heartbeat(storage, key)
+
+    thread = threading.Thread(target=beat, daemon=True, name="msgvip-lease")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        storage.delete(key)
+
+
+@contextmanager
+def exclusive_store_lease(storage, fp: str) -> Iterator[bool]:
+    """Try to take store ``fp`` for deletion or compaction without waiting: yields True when no one
+    holds a lease (and no one can take one until the block ends), False when it is in use."""
+    if storage.is_local:
+        fd = try_exclusive(_lease_file(storage, fp))
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return
+    marker = f".leases/{fp}/{DELETING}"
+    _heartbeat(storage, marker)
+    try:
+        now = time.time()
+        holders = [k for k in storage.list(f".leases/{fp}/") if not k.endswith(f"/{DELETING}")]
+        yield not any(_fresh(storage, k, now) for k in holders)
+    finally:
+        storage.delete(marker)
+
+
+def store_in_use(storage, fp: str) -> bool:
+    """Whether a lease on store ``fp`` is held now (a look only: it takes nothing)."""
+    with exclusive_store_lease(storage, fp) if storage.is_local else _nothing() as free:
+        if not storage.is_local:
+            now = time.time()
+            free = not any(_fresh(storage, k, now) for k in storage.list(f".leases/{fp}/") if not k.endswith(f"/{DELETING}"))
+        return not free
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
