@@ -136,3 +136,22 @@ def no_process_left_behind():
         except psutil.NoSuchProcess:
             pass
     pytest.fail(f"{len(leftovers)} processes started by the tests still ran {LEFTOVER_GRACE_S:.0f} s after the session ended (now killed):\n" + "\n".join(described))
+
+
+@pytest.fixture(autouse=True)
+def cli_never_shows_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every in-process CLI call of every test: no 'Traceback' in its stdout or stderr, and no
+    exception escaping the command (a user error is a one-line message and an exit code)."""
+    from click.testing import CliRunner
+
+    invoke = CliRunner.invoke
+
+    def checked(self, cli, args=None, *rest, **kwargs):
+        result = invoke(self, cli, args, *rest, **kwargs)
+        assert "Traceback" not in result.output, f"msgvip {args}: a traceback reached the user:\n{result.output[-3000:]}"
+        debug = "--debug" in (args or []) or (kwargs.get("env") or {}).get("MSGVIP_DEBUG") == "1"  # tracebacks asked for
+        escaped = result.exception is not None and not isinstance(result.exception, SystemExit)
+        assert not escaped or debug, f"msgvip {args}: {type(result.exception).__name__} escaped: {result.exception}"
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", checked)

@@ -262,6 +262,12 @@ def _print_extract_summary(s: ExtractSummary) -> None:
         click.echo(f"errors listed in {s.errors_csv}", err=True)
 
 
+def _print_unmatched(keys: list[str], labels: Path | None) -> None:
+    if keys:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        click.echo(f"warning: {labels}: {len(keys)} rows match no clip of the dataset and were ignored: {shown}", err=True)
+
+
 def _print_leaks(leaks: dict[str, list[list[str]]]) -> None:
     """Same content in two splits: a clip evaluated on may have been trained on."""
     for pair, keys in leaks.items():
@@ -356,6 +362,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, epo
                         dataset=dataset, allow_duplicates=allow_duplicates)  # fmt: skip
     if summary.rank != 0:
         return
+    _print_unmatched(summary.unmatched_labels, labels)
     if summary.val:
         click.echo(f"best epoch {summary.best_epoch} of {summary.epochs_run}{' (stopped early)' if summary.stopped_early else ''}, "
                    f"{summary.seconds_per_epoch:.1f} s/epoch, {100 * summary.data_wait_fraction:.1f}% waiting for data")
@@ -381,6 +388,7 @@ def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: 
     if as_json:
         print_json(result)
         return
+    _print_unmatched(result["unmatched_labels"], labels)
     click.echo(f"{result['clips']} clips of split '{split}' of dataset '{result['dataset']}' in store {result['fingerprint'][:12]}")
     _print_metrics_table(result)
 

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore, StoreError
-from ..store.records import SnapshotEntry
+from ..store.records import Snapshot, SnapshotEntry
 
 BASELINE_GEOMETRY = ("area", "center_dist")  # what the heuristic baselines need from geometry
 
@@ -75,6 +75,16 @@ def read_label_overrides(path: Path) -> dict[str, dict[str, object]]:
 
 def _source_key(path: Path | str) -> str:
     return str(Path(path).resolve())
+
+
+def _label_keys(entry: SnapshotEntry) -> tuple[str, str, str]:
+    return entry.key, entry.content_hash, _source_key(entry.source)
+
+
+def unmatched_labels(snapshot: Snapshot, labels: LabelOverrides | None) -> list[str]:
+    """Keys of a label file that name no clip of the snapshot (a typo, or another dataset's clips)."""
+    known = {key for entry in snapshot.entries for key in _label_keys(entry)}
+    return sorted(set(labels or {}) - known)
 
 
 def _in_background(items: Iterator, depth: int) -> Iterator:
@@ -133,12 +143,10 @@ class StoreDataset:
         specs = {a.name: a for a in store.specs}
         self.feature_dims = {f: int(np.prod(specs[f].shape)) for f in self.families}
         labels = labels or {}
-        self.unmatched_labels = set(labels)
 
         def override(entry: SnapshotEntry) -> Mapping[str, object]:
-            for key in (entry.key, entry.content_hash, _source_key(entry.source)):
+            for key in _label_keys(entry):
                 if key in labels:
-                    self.unmatched_labels.discard(key)
                     return labels[key]
             return {}
 

@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore
-from .dataset import ClipBatch, LabelOverrides, StoreDataset
+from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
 from .model import ImportanceRanker, RankerConfig
@@ -72,21 +72,6 @@ def build_config(cls, values: Mapping, source: str):
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {err}") from None
-
-
-def load_config_file(path: Path) -> tuple[dict, dict]:
-    """(model, train) sections of a JSON or TOML file; plain data only, never executed."""
-    text = Path(path).read_text()
-    if Path(path).suffix.lower() == ".toml":
-        import tomllib
-
-        record = tomllib.loads(text)
-    else:
-        record = json.loads(text)
-    unknown = sorted(set(record) - {"model", "train"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {unknown}; use 'model' and 'train'")
-    return dict(record.get("model", {})), dict(record.get("train", {}))
 
 
 # ---------------------------------------------------------------------------------------- runtime
@@ -199,6 +184,7 @@ class TrainSummary:
     data_wait_fraction: float
     seconds: float
     rank: int = 0  # the process's DDP rank; only rank 0 reports
+    unmatched_labels: list[str] = field(default_factory=list)  # --labels keys that name no clip
 
 
 def _lr_lambda(total_steps: int, warmup_fraction: float):
@@ -277,6 +263,7 @@ def train(
                 f"{store.location}: dataset {snapshot.name!r} holds the same clip content in two splits ({pair}: {keys[0][0]} = {keys[0][1]}, "
                 f"{sum(map(len, leaks.values()))} pairs in all; see `msgvip cache info {store.fingerprint[:12]}`); fix the data, or pass --allow-duplicates"
             )
+        unmatched = unmatched_labels(snapshot, labels)
         train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels, snapshot.name)
         val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels, snapshot.name)
         if not len(train_data) or not len(val_data):
@@ -295,6 +282,7 @@ def train(
             "train": asdict(cfg), "model": model_config.to_dict(), "families": train_data.families,
             "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
+            "unmatched_labels": unmatched,
         }  # fmt: skip
         history: list[dict] = []
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
@@ -394,7 +382,7 @@ def train(
         run_dir=str(run_dir), fingerprint=store.fingerprint, best_epoch=best["epoch"], epochs_run=len(history),
         stopped_early=stopped_early, val=best_val, seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
         data_wait_fraction=float(np.mean([h["data_wait_fraction"] for h in history])) if history else 0.0,
-        seconds=time.perf_counter() - start, rank=runtime.rank,
+        seconds=time.perf_counter() - start, rank=runtime.rank, unmatched_labels=config_record["unmatched_labels"],
     )  # fmt: skip
 
 
@@ -467,7 +455,8 @@ def evaluate_run(
     (default: the dataset the run was trained on)."""
     dataset = dataset or run_config(run_dir).get("dataset")
     data, scores = _scored_split(run_dir, store, split, labels, device, dataset)
-    return {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint, **evaluate_scores(scores, data)}
+    return {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
+            "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scores, data)}  # fmt: skip
 
 
 def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu", dataset: str | None = None) -> int:
@@ -493,6 +482,6 @@ def run_config(run_dir: Path) -> dict:
 
 
 __all__ = [
-    "ConfigError", "TrainConfig", "TrainSummary", "build_config", "evaluate_run", "load_config_file",
+    "ConfigError", "TrainConfig", "TrainSummary", "build_config", "evaluate_run",
     "load_run", "predict_run", "run_config", "train",
 ]  # fmt: skip

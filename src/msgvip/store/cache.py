@@ -42,12 +42,18 @@ def cache_root(cache_dir: str | os.PathLike | None = None, options: Mapping[str,
         chosen, origin = platformdirs.user_cache_dir("msgvip"), "default"
     if not chosen.strip():
         raise StoreError(f"{origin} is empty; give a cache directory (or unset {CACHE_ENV} to use the default)")
-    storage = open_storage(chosen, options)
+    storage = open_storage(local_absolute(chosen), options)
     if storage.local_path is not None:
         resolved = storage.local_path.resolve()
         if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
             raise StoreError(f"{origin} {chosen!r}: refusing {resolved} as a cache root (gc would act on everything in it); use a folder of its own")
     return storage
+
+
+def local_absolute(location: str) -> str:
+    """A local path made absolute (runs record where their store is, to be found from anywhere);
+    URLs unchanged."""
+    return location if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", location) else str(Path(location).expanduser().absolute())
 
 
 def resolve_store(root: Storage, ref: str) -> FeatureStore:
@@ -65,7 +71,7 @@ def resolve_store(root: Storage, ref: str) -> FeatureStore:
             raise StoreError(f"fingerprint prefix {ref!r} is ambiguous in {root.url}: {', '.join(matches)}")
         raise StoreError(f"no store with fingerprint {ref!r} in {root.url} (see `msgvip cache ls --cache-dir {root.url}`)")
     if ref and is_fingerprint(ref.rstrip("/").rsplit("/", 1)[-1]):
-        return FeatureStore.open(ref, root.options)
+        return FeatureStore.open(local_absolute(ref), root.options)
     raise StoreError(f"{ref!r} is neither a fingerprint in {root.url} nor a path to a feature store")
 
 

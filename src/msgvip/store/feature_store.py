@@ -181,8 +181,10 @@ class FeatureStore:
     def open(cls, location: str | os.PathLike, options: Mapping[str, str] | None = None) -> FeatureStore:
         """Open a store from its path or URL (``<cache_root>/<fingerprint>``)."""
         text = os.fspath(location).rstrip("/")
+        if "://" not in text:
+            text = str(Path(text).expanduser().absolute())
         parent, _, fp = text.rpartition("/")
-        return cls.open_in(open_storage(parent or ".", options), fp)
+        return cls.open_in(open_storage(parent or "/", options), fp)
 
     # ---------------------------------------------------------------- records
     def refresh(self) -> None:

@@ -63,15 +63,25 @@ def try_exclusive(path: Path) -> int | None:
 # exists: gc can then never delete a store an extract is in the middle of creating.
 #
 # Locally it is a shared flock on <root>/.locks/<fp>.lease (dropped by the kernel when the holder
-# dies). On object storage, which has no locks, it is a heartbeat object
-# .leases/<fp>/<holder>.json rewritten every HEARTBEAT_SECONDS; gc honours heartbeats younger than
-# STALE_SECONDS. gc first writes .leases/<fp>/deleting, then looks for heartbeats; a holder writes
-# its heartbeat, then looks for that marker and waits while it is there. Whichever order the two
-# interleave in, one of them sees the other (S3 reads are strongly consistent).
+# dies). Object storage has no locks, so there every party writes a heartbeat object under
+# .leases/<fp>/ and rewrites it every HEARTBEAT_SECONDS while it holds the lease:
+#
+#   <hex>.json            a holder (extract, a dask task, train, evaluate, verify): shared
+#   deleting-<hex>.json   a gc or a compaction: exclusive
+#
+# A heartbeat younger than STALE_SECONDS counts; an older one is a dead (or cut-off) party's and is
+# ignored, so a killed process blocks nothing for longer than that. Exclusive first writes its
+# marker, then lists: any other fresh heartbeat (holder or marker) means the store is in use. A
+# holder first writes its heartbeat, then lists, and waits while a fresh marker is there. Whichever
+# order the two interleave in, one of them sees the other (S3 reads and listings are strongly
+# consistent after a write). Freshness compares the writer's clock with the reader's: hosts must
+# agree on the time to well within STALE_SECONDS - HEARTBEAT_SECONDS (NTP does).
 
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0
-DELETING = "deleting"
+WAIT_SECONDS = 1.0  # how often a holder looks again while a gc or compaction has the store
+LEASES = ".leases"
+DELETING = "deleting-"  # name prefix of an exclusive party's heartbeat
 
 
 def _lease_file(storage, fp: str) -> Path:
@@ -80,7 +90,7 @@ def _lease_file(storage, fp: str) -> Path:
     return folder / f"{fp}.lease"
 
 
-def _heartbeat(storage, key: str) -> None:
+def _write_heartbeat(storage, key: str) -> None:
     storage.write(key, json.dumps({"heartbeat": time.time(), "pid": os.getpid()}).encode())
 
 
@@ -89,25 +99,35 @@ def _fresh(storage, key: str, now: float) -> bool:
     try:
         return data is not None and now - float(json.loads(data)["heartbeat"]) < STALE_SECONDS
     except (ValueError, KeyError, TypeError):
-        return False
+        return False  # garbled (or written by something else): no one keeps it fresh
+
+
+def _heartbeats(storage, fp: str, mine: str | None = None) -> tuple[list[str], list[str]]:
+    """(fresh, stale) heartbeat keys of store ``fp``, ``mine`` left out."""
+    now = time.time()
+    fresh, stale = [], []
+    for key in storage.list(f"{LEASES}/{fp}/"):
+        if key != mine:
+            (fresh if _fresh(storage, key, now) else stale).append(key)
+    return fresh, stale
+
+
+def _is_marker(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith(DELETING)
 
 
 @contextmanager
-def store_lease(storage, fp: str) -> Iterator[None]:
-    """Hold a shared lease on store ``fp`` of ``storage`` for the block (see above)."""
-    if storage.is_local:
-        with file_lock(_lease_file(storage, fp), shared=True, timeout=None):
-            yield
-        return
-    key = f".leases/{fp}/{uuid.uuid4().hex}.json"
-    _heartbeat(storage, key)
-    while _fresh(storage, f".leases/{fp}/{DELETING}", time.time()):
-        time.sleep(1.0)  # a gc is deleting this store: let it finish, then (re)create it
+def _heartbeat(storage, key: str) -> Iterator[None]:
+    """Write heartbeat ``key`` now and every HEARTBEAT_SECONDS until the block ends, then delete it."""
+    _write_heartbeat(storage, key)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            _heartbeat(storage, key)
+            try:
+                _write_heartbeat(storage, key)
+            except Exception:  # a network blip: the next beat retries (STALE_SECONDS allows several misses)
+                continue
 
     thread = threading.Thread(target=beat, daemon=True, name="msgvip-lease")
     thread.start()
@@ -117,6 +137,21 @@ def store_lease(storage, fp: str) -> Iterator[None]:
         stop.set()
         thread.join()
         storage.delete(key)
+
+
+@contextmanager
+def store_lease(storage, fp: str) -> Iterator[None]:
+    """Hold a shared lease on store ``fp`` of ``storage`` for the block (see above); on object
+    storage, first wait while a gc or compaction has the store."""
+    if storage.is_local:
+        with file_lock(_lease_file(storage, fp), shared=True, timeout=None):
+            yield
+        return
+    key = f"{LEASES}/{fp}/{uuid.uuid4().hex}.json"
+    with _heartbeat(storage, key):
+        while any(_is_marker(k) for k in _heartbeats(storage, fp, mine=key)[0]):
+            time.sleep(WAIT_SECONDS)  # a gc is deleting this store: let it finish, then (re)create it
+        yield
 
 
 @contextmanager
@@ -131,25 +166,18 @@ def exclusive_store_lease(storage, fp: str) -> Iterator[bool]:
             if fd is not None:
                 os.close(fd)
         return
-    marker = f".leases/{fp}/{DELETING}"
-    _heartbeat(storage, marker)
-    try:
-        now = time.time()
-        holders = [k for k in storage.list(f".leases/{fp}/") if not k.endswith(f"/{DELETING}")]
-        yield not any(_fresh(storage, k, now) for k in holders)
-    finally:
-        storage.delete(marker)
+    marker = f"{LEASES}/{fp}/{DELETING}{uuid.uuid4().hex}.json"
+    with _heartbeat(storage, marker):
+        fresh, stale = _heartbeats(storage, fp, mine=marker)
+        if not fresh:
+            for key in stale:  # dead parties' heartbeats: nothing else would ever remove them
+                storage.delete(key)
+        yield not fresh
 
 
 def store_in_use(storage, fp: str) -> bool:
     """Whether a lease on store ``fp`` is held now (a look only: it takes nothing)."""
-    with exclusive_store_lease(storage, fp) if storage.is_local else _nothing() as free:
-        if not storage.is_local:
-            now = time.time()
-            free = not any(_fresh(storage, k, now) for k in storage.list(f".leases/{fp}/") if not k.endswith(f"/{DELETING}"))
-        return not free
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
+    if storage.is_local:
+        with exclusive_store_lease(storage, fp) as free:
+            return not free
+    return bool(_heartbeats(storage, fp)[0])

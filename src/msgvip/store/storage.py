@@ -9,9 +9,11 @@ atomic), keys can be listed by prefix, and a key can be deleted. No appends, no 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import zarr
@@ -25,6 +27,19 @@ class StorageError(Exception):
 
 
 OBJECT_SCHEMES = ("s3",)  # schemes tested here; fsspec knows more, but untested ones are refused
+FSSPEC_DEFAULTS = {
+    # Other processes write the same prefixes (dask workers, a concurrent extract, gc): a listing
+    # s3fs kept from earlier would hide their stores, commits and lease heartbeats.
+    "use_listings_cache": False,
+    # Above 1, s3fs asks for an object's size (a HEAD) before every read, to split large objects
+    # into ranged GETs; chunks and records are far smaller, so that doubled the requests per read.
+    "max_concurrency": 1,
+}
+BOOLEAN_OPTIONS = ("anon", "use_ssl", "requester_pays", "version_aware", "use_listings_cache")  # s3fs's, given as text
+ENDPOINT_HINT = (
+    "check the endpoint (AWS_ENDPOINT_URL or --storage-option endpoint_url=...) and the credentials "
+    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --storage-option key=... --storage-option secret=...)"
+)
 
 
 class Storage:
@@ -51,37 +66,61 @@ class Storage:
 
     def read(self, key: str) -> bytes | None:
         """The bytes at ``key``, or None when there is no such key."""
-        buffer = sync(self.zarr_store.get(key, prototype=default_buffer_prototype()))
+        buffer = self._sync(self.zarr_store.get(key, prototype=default_buffer_prototype()), key)
         return None if buffer is None else buffer.to_bytes()
+
+    def read_many(self, keys: Sequence[str], concurrency: int = 64) -> list[bytes | None]:
+        """The bytes of each of ``keys`` in order (None where missing), up to ``concurrency`` reads
+        at a time: on object storage every read is a round trip, and opening a store reads each
+        of its commit records."""
+
+        async def read_all() -> list:
+            limit = asyncio.Semaphore(concurrency)
+
+            async def one(key: str):
+                async with limit:
+                    return await self.zarr_store.get(key, prototype=default_buffer_prototype())
+
+            return await asyncio.gather(*(one(key) for key in keys))
+
+        return [None if buffer is None else buffer.to_bytes() for buffer in self._sync(read_all(), "")]
 
     def write(self, key: str, data: bytes) -> None:
         """Replace ``key`` with ``data`` atomically: a reader sees the old bytes or the new, never a mix."""
-        sync(self.zarr_store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+        self._sync(self.zarr_store.set(key, default_buffer_prototype().buffer.from_bytes(data)), key)
 
     def delete(self, key: str) -> None:
-        sync(self.zarr_store.delete(key))
+        self._sync(self.zarr_store.delete(key), key)
 
     def delete_prefix(self, prefix: str) -> None:
-        sync(self.zarr_store.delete_dir(prefix.rstrip("/")))
+        self._sync(self.zarr_store.delete_dir(prefix.rstrip("/")), prefix)
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (recursively), sorted."""
-        from zarr.core.sync import collect_aiterator
-
-        return sorted(collect_aiterator(self.zarr_store.list_prefix(prefix)))
+        return sorted(self._sync(_collect(self.zarr_store.list_prefix(prefix)), prefix))
 
     def list_dir(self, prefix: str) -> list[str]:
         """Names directly under ``prefix`` (files and folders), sorted."""
-        from zarr.core.sync import collect_aiterator
+        return sorted(self._sync(_collect(self.zarr_store.list_dir(prefix.rstrip("/"))), prefix))
 
-        return sorted(collect_aiterator(self.zarr_store.list_dir(prefix.rstrip("/"))))
+    def _sync(self, awaitable, key: str):
+        """Run one store call; an object store that cannot be reached or refuses the credentials
+        is a StorageError naming the root and the fix, not a botocore traceback."""
+        try:
+            return sync(awaitable)
+        except _object_store_errors() as err:
+            raise StorageError(f"{self.child_url(key) if key else self.url}: {type(err).__name__}: {err}; {ENDPOINT_HINT}") from err
 
     def size(self, prefix: str) -> int:
-        """Bytes stored under ``prefix``."""
+        """Bytes stored under ``prefix`` (0 when there is nothing); one listing on object storage."""
         if self.local_path is not None:
             return _directory_size(self.local_path / prefix)
-        fs = self.zarr_store.fs
-        return int(sum(sync(fs._du(f"{self.zarr_store.path}/{prefix}", total=False)).values())) if self.list(prefix) else 0
+        try:
+            folder = "/".join(part for part in (self.zarr_store.path, prefix.strip("/")) if part)
+            found = self._sync(self.zarr_store.fs._find(folder + "/", detail=True), prefix)
+        except FileNotFoundError:
+            return 0
+        return sum(int(info.get("size") or 0) for info in found.values())
 
 
 def _directory_size(path: Path) -> int:
@@ -89,8 +128,11 @@ def _directory_size(path: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(path):
         for name in files:
-            full = os.path.join(dirpath, name)
-            total += 0 if os.path.islink(full) else os.lstat(full).st_size
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue  # renamed or removed by a writer while we walked
+            total += 0 if stat.S_ISLNK(st.st_mode) else st.st_size
     return total
 
 
@@ -133,7 +175,7 @@ def open_storage(root: str | os.PathLike, options: Mapping[str, str] | None = No
     bucket = rest.split("/", 1)[0]
     if not bucket:
         raise StorageError(f"cache root {text!r}: no bucket name; write s3://bucket/prefix")
-    storage_options = {**_aws_environment(), **(options or {})}
+    storage_options = {**FSSPEC_DEFAULTS, **_aws_environment(), **{k: _typed(k, v) for k, v in (options or {}).items()}}
     client_kwargs = {}
     if "endpoint_url" in storage_options:
         client_kwargs["endpoint_url"] = storage_options.pop("endpoint_url")
@@ -143,7 +185,51 @@ def open_storage(root: str | os.PathLike, options: Mapping[str, str] | None = No
         store = FsspecStore.from_url(text.rstrip("/"), storage_options={**storage_options, "client_kwargs": client_kwargs})
     except ImportError:
         raise StorageError(f"cache root {text!r}: object storage needs s3fs (pip install s3fs)") from None
-    return Storage(text.rstrip("/"), store, None, options or {})
+    storage = Storage(text.rstrip("/"), store, None, options or {})
+    _check_bucket(storage, bucket)
+    return storage
+
+
+async def _collect(keys) -> list[str]:
+    return [key async for key in keys]
+
+
+def _object_store_errors() -> tuple[type[Exception], ...]:
+    """botocore's own errors (no endpoint, no credentials, a refused request s3fs passes through);
+    s3fs turns most others into OSErrors already."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no s3fs, so no object storage either
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+def _check_bucket(storage: Storage, bucket: str) -> None:
+    """Fail now, naming the root, when the bucket does not exist (an empty listing would otherwise
+    read as an empty cache). A bucket the credentials may not look at passes: the prefix may
+    still be theirs."""
+    try:
+        storage._sync(storage.zarr_store.fs._info(bucket), "")
+    except FileNotFoundError:
+        raise StorageError(f"cache root {storage.url}: bucket {bucket!r} does not exist at this endpoint; create it, or fix the URL or the endpoint") from None
+    except PermissionError:
+        pass
+
+
+def _typed(key: str, value: object) -> object:
+    """A ``--storage-option`` value as s3fs wants it: text, except its boolean and integer settings
+    (values given as Python objects pass as they are)."""
+    if not isinstance(value, str):
+        return value
+    if key in BOOLEAN_OPTIONS:
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise StorageError(f"--storage-option {key}={value}: {key} is true or false")
+        return value.strip().lower() in ("true", "1", "yes")
+    if key == "max_concurrency":
+        if not value.strip().isdigit() or int(value) < 1:
+            raise StorageError(f"--storage-option {key}={value}: {key} is a whole number >= 1")
+        return int(value)
+    return value
 
 
 def _aws_environment() -> dict[str, str]:
