@@ -55,9 +55,9 @@ def epoch_reextracting(model, optimizer, data: StoreDataset, config: ExtractConf
     start = time.perf_counter()
     for batch in data.batches(batch_size, shuffle=True, seed=seed):
         entries = [data.entries[i] for i in batch.index.tolist()]
-        clips = [read_clip(e.source, e.clip_id) for e in entries]
+        clips = [read_clip(e.source, e.key) for e in entries]
         arrays = extract_features(extractors, clips)
-        t, n = data.frames, data.persons
+        t, n = batch.person_mask.shape[1:]  # padded as the store's batch is: to its own clips' largest
 
         def stack(name: str) -> torch.Tensor:
             out = np.zeros((len(clips), t, n, *arrays[0][name].shape[2:]), arrays[0][name].dtype)

@@ -193,3 +193,13 @@ def test_a_clip_longer_than_the_frame_embedding_sizes_it_at_start(tmp_path, cach
     save_clip(longer / "test" / "x.npz", tiny_clip(seed=3, frames=40))
     refused = run("predict", tmp_path / "run", longer, "--out", tmp_path / "p.csv", code=1)
     assert "clips of 40 frames" in refused.output and "at most 12" in refused.output
+
+
+def test_max_clip_bytes_refuses_a_clip_by_its_headers_and_commits_the_others(tmp_path, cache_dir):
+    data = make_data(tmp_path / "data", 6)
+    save_clip(data / "train" / "big.npz", tiny_clip(seed=7, frames=40, height=64, width=64))  # 40*64*64*3 = 491,520 frame bytes
+    result = run("extract", data, "--max-clip-bytes", "300K", "--json", code=1)
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 6 and [e["path"].rsplit("/", 1)[1] for e in summary["errors"]] == ["big.npz"]
+    assert "budget" in summary["errors"][0]["message"] or "bytes" in summary["errors"][0]["message"]
+    assert "--max-clip-bytes" in run("extract", data, "--max-clip-bytes", "lots", code=2).output

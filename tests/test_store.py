@@ -255,6 +255,9 @@ def test_plain_zarr_and_pandas_read_a_split_without_msgvip(tmp_path):
         want = features(i, 4, 3)
         np.testing.assert_array_equal(geometry, want["geometry"][frame, slot])
     assert group.attrs["msgvip"]["fingerprint"] == store.fingerprint
+    xr = pytest.importorskip("xarray")
+    ds = xr.open_zarr(store_dir / "features.zarr" / "segments" / train.segment.iloc[0], consolidated=False, zarr_format=3)
+    assert ds.sizes["row"] == rows.length.sum() and ds.sizes["geometry_feature"] == 3
 
 
 def test_last_used_and_pin(tmp_path):

@@ -222,13 +222,19 @@ def demo(out: Path) -> None:
 @click.option("--workers", type=click.IntRange(min=1), help="Spread clips over a local dask cluster of N workers (one per GPU with --device cuda).")
 @click.option("--scheduler", help="Spread clips over an existing dask cluster at this address (tcp://host:8786).")
 @click.option("--dataset", help="Name of the dataset snapshot this run writes [default: DATA's folder or manifest name].")
+@click.option("--max-clip-bytes", help="Refuse, unread, a clip whose arrays declare more decoded bytes (e.g. 500M, 16G) [default: 4 GiB].")
 @json_option
 @user_errors
 def extract(data: Path, cache_dir: str | None, storage_options: dict, on_error: str, workers: int | None, scheduler: str | None,
-            dataset: str | None, as_json: bool, **fields) -> None:  # fmt: skip
+            dataset: str | None, max_clip_bytes: str | None, as_json: bool, **fields) -> None:  # fmt: skip
     """Extract features of every clip under DATA (a folder of split folders, or a manifest .csv)
     into the store for this config, then record DATA's clips as a dataset snapshot. Clips already
     in the store are not extracted again."""
+    if max_clip_bytes is not None:
+        try:
+            fields["max_clip_bytes"] = cache_mod.parse_size(max_clip_bytes)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--max-clip-bytes") from None
     config = extract_config(**fields)
     if scheduler is None:  # a remote cluster's workers have their own devices
         check_device(config.device)

@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .data.clip import DEFAULT_MAX_CLIP_BYTES
+
 
 class ConfigError(ValueError):
     """A config file, flag combination or label file that cannot be used; names the source."""
@@ -38,6 +40,7 @@ class ExtractConfig:
     pooling: str = "cls+mean"  # appearance: "cls", "mean" (patch tokens) or "cls+mean" (both, concatenated)
     dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
     local_files_only: bool = False  # never reach the hub; models must be local or already cached
+    max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES  # a clip declaring more decoded bytes is refused, unread
 
     def __post_init__(self) -> None:
         for name in ("backbone", "pose_model"):  # a pathlib.Path is welcome, a str is what JSON holds
@@ -51,6 +54,8 @@ class ExtractConfig:
             raise ConfigError(f"crop_size must be a positive integer, got {self.crop_size!r}")
         if isinstance(self.context, bool) or not isinstance(self.context, (int, float)) or not 0 <= self.context <= 4:
             raise ConfigError(f"context must be a fraction of the box size in [0, 4], got {self.context!r}")
+        if isinstance(self.max_clip_bytes, bool) or not isinstance(self.max_clip_bytes, int) or self.max_clip_bytes < 1:
+            raise ConfigError(f"max_clip_bytes must be a positive number of bytes, got {self.max_clip_bytes!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 
@@ -59,7 +64,7 @@ class ExtractConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
 
 
-RUNTIME_FIELDS = ("batch_size", "num_workers", "device", "local_files_only")
+RUNTIME_FIELDS = ("batch_size", "num_workers", "device", "local_files_only", "max_clip_bytes")
 
 
 CONFIG_SECTIONS = ("model", "train")

@@ -44,7 +44,7 @@ def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storag
     store = FeatureStore.open_in(root, fp)
     outcomes, todo = [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # numpy's zip/zlib release the GIL
-        decoded = list(pool.map(_load, sources))
+        decoded = list(pool.map(lambda src: _load(src, config.max_clip_bytes), sources))
     for src, loaded in zip(sources, decoded):
         if isinstance(loaded, ClipError):
             outcomes.append({"source": src, "error": loaded})

@@ -26,12 +26,12 @@ import platformdirs
 from tqdm import tqdm
 
 from ..config import ConfigError, ExtractConfig
-from ..data.clip import Clip, ClipError, read_clip
+from ..data.clip import DEFAULT_MAX_CLIP_BYTES, Clip, ClipError, read_clip
 from ..data.sources import ClipSource, discover_clips
 from ..extract.registry import Extractor, build_extractors, identity
 from ..store.cache import cache_root
 from ..store.feature_store import MASK_ARRAY, FeatureStore
-from ..store.hash_cache import HashCache
+from ..store.hash_cache import FileStat, HashCache
 from ..store.locks import store_lease
 from ..store.records import Snapshot, SnapshotEntry
 from .lifetime import exit_with_parent
@@ -265,7 +265,7 @@ def _extract_here(run: ExtractRun) -> None:
         group.clear()
 
     try:
-        for src, loaded in decode_clips(run.plan(), run.config.num_workers):
+        for src, loaded in decode_clips(run.plan(), run.config.num_workers, run.config.max_clip_bytes):
             if isinstance(loaded, ClipError):
                 run.failed(loaded)
                 continue
@@ -295,37 +295,39 @@ def _extract_here(run: ExtractRun) -> None:
         report(writer.flush())
 
 
-def _load(src: ClipSource) -> tuple[Clip, tuple[int, int] | None] | ClipError:
+def _load(src: ClipSource, max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES) -> tuple[Clip, FileStat | None] | ClipError:
     stat = HashCache.stat(src.path)  # taken before reading: a file changed mid-read rehashes next time
     try:
-        return read_clip(src.path, src.clip_id, src.target), stat
+        return read_clip(src.path, src.clip_id, src.target, max_clip_bytes=max_clip_bytes), stat
     except ClipError as err:
         return err
 
 
 class _SourceDataset:  # a map-style dataset; DataLoader needs only __len__ and __getitem__
-    def __init__(self, sources: list[ClipSource]):
-        self.sources = sources
+    def __init__(self, sources: list[ClipSource], max_clip_bytes: int):
+        self.sources, self.max_clip_bytes = sources, max_clip_bytes
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        return self.sources[i], _load(self.sources[i])
+        return self.sources[i], _load(self.sources[i], self.max_clip_bytes)
 
 
 def _as_is(item):
     return item
 
 
-def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[ClipSource, tuple[Clip, tuple[int, int] | None] | ClipError]]:
+def decode_clips(
+    sources: list[ClipSource], num_workers: int, max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES
+) -> Iterator[tuple[ClipSource, tuple[Clip, FileStat | None] | ClipError]]:
     """``(source, clip or error)`` in order; with workers, decoded ahead in worker processes.
 
     Workers start from a forkserver, never by forking this process: it runs threads (Zarr's I/O
     loop, the background writer), and a fork taken while another thread held interpreter state
     crashed workers in numpy's header parsing ("AST constructor recursion depth mismatch")."""
     if num_workers == 0 or len(sources) < 2:
-        yield from ((src, _load(src)) for src in sources)
+        yield from ((src, _load(src, max_clip_bytes)) for src in sources)
         return
     from torch.utils.data import DataLoader  # only here: the cache commands start without torch
 
@@ -334,7 +336,7 @@ def decode_clips(sources: list[ClipSource], num_workers: int) -> Iterator[tuple[
     # seconds a fresh interpreter spends importing torch). Takes effect when the server starts.
     context.set_forkserver_preload(["torch.utils.data", __name__])
     loader = DataLoader(
-        _SourceDataset(sources), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
+        _SourceDataset(sources, max_clip_bytes), batch_size=None, num_workers=min(num_workers, len(sources)), collate_fn=_as_is,
         prefetch_factor=4, multiprocessing_context=context, worker_init_fn=exit_with_parent,
     )  # fmt: skip
     yield from loader

@@ -6,7 +6,8 @@ shared POSIX file system that supports ``flock`` (NFS v4 maps it to byte-range l
 
 - writer lock: exclusive, held only for the short metadata steps (row reservation, index commit).
 - lease: shared, held by every process that writes or reads the store for its whole run;
-  gc takes it exclusively without waiting, so a store under lease is never collected.
+  gc takes it exclusively without waiting, so a store under lease is never collected. On object
+  storage, which has no locks, the lease is a heartbeat object instead (see "store leases" below).
 """
 
 from __future__ import annotations
@@ -94,21 +95,21 @@ def _write_heartbeat(storage, key: str) -> None:
     storage.write(key, json.dumps({"heartbeat": time.time(), "pid": os.getpid()}).encode())
 
 
-def _fresh(storage, key: str, now: float) -> bool:
-    data = storage.read(key)
+def _fresh(data: bytes | None, now: float) -> bool:
     try:
         return data is not None and now - float(json.loads(data)["heartbeat"]) < STALE_SECONDS
     except (ValueError, KeyError, TypeError):
         return False  # garbled (or written by something else): no one keeps it fresh
 
 
-def _heartbeats(storage, fp: str, mine: str | None = None) -> tuple[list[str], list[str]]:
-    """(fresh, stale) heartbeat keys of store ``fp``, ``mine`` left out."""
+def _heartbeats(storage, fp: str, mine: str | None = None, markers_only: bool = False) -> tuple[list[str], list[str]]:
+    """(fresh, stale) heartbeat keys of store ``fp``, ``mine`` left out (and holders' too with
+    ``markers_only``); the heartbeats are read concurrently."""
+    keys = [k for k in storage.list(f"{LEASES}/{fp}/") if k != mine and (_is_marker(k) or not markers_only)]
     now = time.time()
     fresh, stale = [], []
-    for key in storage.list(f"{LEASES}/{fp}/"):
-        if key != mine:
-            (fresh if _fresh(storage, key, now) else stale).append(key)
+    for key, data in zip(keys, storage.read_many(keys)):
+        (fresh if _fresh(data, now) else stale).append(key)
     return fresh, stale
 
 
@@ -149,7 +150,7 @@ def store_lease(storage, fp: str) -> Iterator[None]:
         return
     key = f"{LEASES}/{fp}/{uuid.uuid4().hex}.json"
     with _heartbeat(storage, key):
-        while any(_is_marker(k) for k in _heartbeats(storage, fp, mine=key)[0]):
+        while _heartbeats(storage, fp, mine=key, markers_only=True)[0]:
             time.sleep(WAIT_SECONDS)  # a gc is deleting this store: let it finish, then (re)create it
         yield
 

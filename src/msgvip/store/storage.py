@@ -108,7 +108,7 @@ class Storage:
         is a StorageError naming the root and the fix, not a botocore traceback."""
         try:
             return sync(awaitable)
-        except _object_store_errors() as err:
+        except object_store_errors() as err:
             raise StorageError(f"{self.child_url(key) if key else self.url}: {type(err).__name__}: {err}; {ENDPOINT_HINT}") from err
 
     def size(self, prefix: str) -> int:
@@ -194,7 +194,7 @@ async def _collect(keys) -> list[str]:
     return [key async for key in keys]
 
 
-def _object_store_errors() -> tuple[type[Exception], ...]:
+def object_store_errors() -> tuple[type[Exception], ...]:
     """botocore's own errors (no endpoint, no credentials, a refused request s3fs passes through);
     s3fs turns most others into OSErrors already."""
     try:
