@@ -154,6 +154,21 @@ def test_parsers():
         with pytest.raises(ValueError):
             parse_size(bad)
     assert "not understood" in run("cache", "gc", "--older-than", "soon", code=2).output
+    assert "too large" in run("cache", "gc", "--max-size", "9" * 400 + "T", code=2).output
+
+
+def test_a_damaged_store_is_listed_as_damaged_and_blocks_no_other(tmp_path, tiny_data, cache_dir):
+    fps = make_stores(tmp_path, tiny_data, 3)
+    meta = cache_dir / fps[1] / "meta.json"
+    meta.write_bytes(meta.read_bytes()[:-5])  # a torn write
+    (cache_dir / fps[2] / "last_used").write_text("not a time")
+    listing = {s["fingerprint"]: s for s in json.loads(run("cache", "ls", "--json").stdout)}
+    assert listing[fps[1]]["state"] == "damaged" and "meta.json is damaged" in listing[fps[1]]["problem"]
+    assert listing[fps[0]]["state"] == "complete" and listing[fps[2]]["problem"] is None
+    assert "damaged" in run("cache", "ls").output
+    result = run("cache", "gc", "--keep-last", "0")
+    assert "damaged, left for you to inspect" in result.output and "(2 stores)" in result.output
+    assert [s["fingerprint"] for s in json.loads(run("cache", "ls", "--json").stdout)] == [fps[1]]
 
 
 def test_cache_root_urls(tmp_path, tiny_data, monkeypatch):

@@ -37,11 +37,13 @@ def _extractors(config: ExtractConfig) -> list[Extractor]:
     return _WORKER_EXTRACTORS[key]
 
 
-def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storage, fp: str, redo: frozenset[str]) -> list[dict]:
+def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storage, fp: str, stored: frozenset[str]) -> list[dict]:
     """One task: decode, extract, write and commit a group of clips in a segment of its own;
     returns one small outcome per clip (``error``, or ``digest``/``target``/``scene``/``stat``/
-    ``repairs``/``committed``). ``redo``: content hashes whose stored rows are damaged."""
-    store = FeatureStore.open_in(root, fp)
+    ``repairs``/``committed``). ``stored``: content hashes whose rows the store holds intact, as
+    the planning process saw them (so a task reads no commit record: on object storage every
+    task re-reading every record would cost a request per record per task)."""
+    store = FeatureStore.open_in(root, fp, refresh=False)
     outcomes, todo = [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # numpy's zip/zlib release the GIL
         decoded = list(pool.map(lambda src: _load(src, config.max_clip_bytes), sources))
@@ -53,7 +55,7 @@ def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storag
         outcome = {"source": src, "stat": stat, "digest": clip.content_hash, "repairs": clip.repairs, "target": clip.target,
                    "scene": clip.scene, "crops": int(clip.person_mask.sum()), "committed": False}  # fmt: skip
         outcomes.append(outcome)
-        if (clip.content_hash not in store or clip.content_hash in redo) and all(c.content_hash != clip.content_hash for c, _ in todo):
+        if clip.content_hash not in stored and all(c.content_hash != clip.content_hash for c, _ in todo):
             todo.append((clip, outcome))
     if todo:
         with store.lease(), store.writer() as writer:
@@ -97,9 +99,9 @@ def extract_on_dask(run: ExtractRun, workers: int | None = None, scheduler: str 
     client = Client(scheduler or cluster)
     futures = []
     try:
-        futures = client.map(
-            extract_group, groups, config=run.config, root=run.root, fp=run.fingerprint, redo=frozenset(run.redo), retries=2, pure=False
-        )
+        # sent once, not with every task (scatter takes a list of items: a set alone would be split up)
+        [stored] = client.scatter([frozenset(run.store.clips) - run.redo], broadcast=True)
+        futures = client.map(extract_group, groups, config=run.config, root=run.root, fp=run.fingerprint, stored=stored, retries=2, pure=False)
         for future in as_completed(futures):
             for outcome in future.result():
                 src = outcome["source"]

@@ -7,6 +7,7 @@ crashing, and deletion is a frozen plan (what, why, how many bytes) executed onl
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -108,7 +109,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"size {text!r} not understood; use e.g. 500M, 20G, 1.5T")
     scale = 1000 ** " KMGT".index(match[2].upper() or " ")
-    return int(float(match[1]) * scale)
+    size = float(match[1]) * scale
+    if not math.isfinite(size) or size >= 2**63:
+        raise ValueError(f"size {text!r} is too large to mean anything; use e.g. 20G, 1.5T")
+    return int(size)
 
 
 def parse_duration(text: str) -> float:

@@ -172,9 +172,12 @@ class FeatureStore:
         return store
 
     @classmethod
-    def open_in(cls, storage: Storage, fp: str) -> FeatureStore:
+    def open_in(cls, storage: Storage, fp: str, refresh: bool = True) -> FeatureStore:
+        """Open store ``fp`` of ``storage``; ``refresh=False`` skips reading the commit records
+        (for a writer that needs no view of what others committed)."""
         store = cls(storage, fp, read_store_meta(storage, fp))
-        store.refresh()
+        if refresh:
+            store.refresh()
         return store
 
     @classmethod
