@@ -35,6 +35,20 @@ def save_clip(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def bytes_named_file(folder: Path, name: bytes) -> Path:
+    """An (empty) file whose name is raw bytes, e.g. not valid UTF-8; skips the test where the file
+    system refuses such names."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = os.path.join(os.fsencode(folder), name)
+    try:
+        open(path, "wb").close()
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    return Path(os.fsdecode(path))
+
+
 def assert_same_clips(store_dir: Path, reference_dir: Path, dataset: str = "data") -> None:
     """Two stores hold the same dataset, clip for clip: snapshot entries, checksums and rows."""
     from msgvip.store import FeatureStore

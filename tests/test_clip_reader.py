@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import save_clip, tiny_clip
+from conftest import bytes_named_file, save_clip, tiny_clip
 from numpy.lib import format as npy_format
 
 from msgvip.cli import main
@@ -420,21 +420,12 @@ def test_text_fields_follow_the_documented_rule(tmp_path):
         json.dumps([clip.video_id, clip.scene], ensure_ascii=False).encode("utf-8")  # valid Unicode throughout
 
 
-def _bytes_name(folder, name: bytes):
-    path = os.path.join(os.fsencode(folder), name)
-    try:
-        open(path, "wb").close()
-    except OSError:
-        pytest.skip("this file system refuses file names that are not UTF-8")
-    return Path(os.fsdecode(path))
-
-
 def test_file_names_that_are_not_utf8(tmp_path):
-    good = _bytes_name(tmp_path, b"caf\xe9 \xff.npz")
+    good = bytes_named_file(tmp_path, b"caf\xe9 \xff.npz")
     save_clip(good, tiny_clip())
     clip = read_clip(good)
     assert clip.clip_id == "caf\udce9 \udcff" and clip.video_id == "caf\udce9 \udcff"
-    bad = _bytes_name(tmp_path, b"bad\xff\n.npz")
+    bad = bytes_named_file(tmp_path, b"bad\xff\n.npz")
     np.savez(bad, **REJECTED["NaN box"][0])
     err = _refusal(bad)
     message = str(err)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import save_clip, tiny_clip
+from conftest import bytes_named_file, save_clip, tiny_clip
 
 from msgvip.data import discover_clips
 from msgvip.data.sources import SourceError
@@ -20,17 +20,6 @@ def _refusal(data) -> str:
     assert "\n" not in message
     message.encode("utf-8")  # printable as is: no lone surrogates
     return message
-
-
-def _touch(folder: Path, name: bytes) -> Path:
-    """An (empty) file whose name is raw bytes; skips where the file system refuses such names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = os.path.join(os.fsencode(folder), name)
-    try:
-        open(path, "wb").close()
-    except OSError:
-        pytest.skip("this file system refuses file names that are not UTF-8")
-    return Path(os.fsdecode(path))
 
 
 def test_split_folders(tiny_data):
@@ -52,7 +41,7 @@ def test_flat_folder_is_refused_with_the_expected_layouts(tmp_path):
 def test_non_utf8_names_are_listed_in_byte_order(tmp_path):
     train = tmp_path / "data" / "train"
     for name in (b"\x80.npz", "é.npz".encode(), b"a.npz", b"z\xff.npz"):
-        _touch(train, name)
+        bytes_named_file(train, name)
     sources = discover_clips(tmp_path / "data")
     assert [os.fsencode(s.path.name) for s in sources] == [b"a.npz", b"z\xff.npz", b"\x80.npz", "é.npz".encode()]
     assert [s.clip_id for s in sources] == ["train/a", "train/z\udcff", "train/\udc80", "train/é"]
@@ -60,8 +49,8 @@ def test_non_utf8_names_are_listed_in_byte_order(tmp_path):
 
 
 def test_non_utf8_folder_name_in_messages(tmp_path):
-    folder = _touch(tmp_path / "x", b"placeholder").parent.parent / os.fsdecode(b"data\xff")
-    _touch(folder, b"clip.npz")
+    folder = bytes_named_file(tmp_path / "x", b"placeholder").parent.parent / os.fsdecode(b"data\xff")
+    bytes_named_file(folder, b"clip.npz")
     assert "data\\xff" in _refusal(folder)
 
 
@@ -115,6 +104,6 @@ def test_bad_manifests_are_one_line_errors_naming_the_file(tmp_path, text, words
 
 
 def test_non_utf8_manifest_name_in_messages(tmp_path):
-    manifest = _touch(tmp_path, b"list\xff.csv")
+    manifest = bytes_named_file(tmp_path, b"list\xff.csv")
     manifest.write_text("file,split\n")
     assert "list\\xff.csv: column 'path' missing" in _refusal(manifest)
