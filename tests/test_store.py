@@ -272,3 +272,23 @@ def test_last_used_and_pin(tmp_path):
     assert not store.pinned
     (store.path / "last_used").write_text("garbage")
     assert FeatureStore.open(store.path).last_used == store.created_at  # a damaged clock is no crash
+
+
+def test_whole_chunks_are_written_once_and_clips_without_rows_still_commit(tmp_path, monkeypatch):
+    from msgvip.store import feature_store
+
+    monkeypatch.setattr(feature_store, "MAX_ROWS_PER_CHUNK", 8)
+    store = new_store(tmp_path)
+    writes = []
+    original = zarr.Array.__setitem__
+    monkeypatch.setattr(zarr.Array, "__setitem__", lambda self, key, value: (writes.append((self.path, key)), original(self, key, value))[1])
+    empty = {"person_mask": np.zeros((3, 2), bool), "geometry": np.zeros((3, 2, 3), np.float32), "appearance": np.zeros((3, 2, 5), np.float16)}
+    with store.writer() as writer:
+        writer.add(digest(500), empty)
+        for i in range(6):
+            writer.add(digest(i), features(i, 4, 3))
+    geometry_writes = [key for path, key in writes if path.endswith("geometry")]
+    assert all(w.start % 8 == 0 for w in geometry_writes[:-1]) and all(w.stop % 8 == 0 for w in geometry_writes[:-1])  # whole chunks
+    reopened = FeatureStore.open(store.path)
+    assert len(reopened) == 7 and reopened.clips[digest(500)].length == 0 and reopened.verify() == []
+    assert not reopened.read_clip(digest(500))["person_mask"].any()

@@ -23,9 +23,10 @@ from .store import cache as cache_mod
 from .store.compact import compact as compact_store
 from .store.feature_store import StoreError
 from .store.locks import LockTimeout
-from .store.storage import StorageError, parse_storage_options
+from .store.storage import StorageError, object_store_errors, parse_storage_options
 
-USER_ERRORS = (StoreError, StorageError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError)
+USER_ERRORS = (StoreError, StorageError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError,
+               *object_store_errors())  # fmt: skip
 
 
 def cache_dir_option(fn: Callable) -> Callable:

@@ -145,6 +145,8 @@ class StoreDataset:
         labels = labels or {}
 
         def override(entry: SnapshotEntry) -> Mapping[str, object]:
+            if not labels:
+                return {}  # and no path is resolved: that cost a quarter of a split's load
             for key in _label_keys(entry):
                 if key in labels:
                     return labels[key]
@@ -161,8 +163,12 @@ class StoreDataset:
                 f"rows; rerun `msgvip extract {self.snapshot.data}` to extract it"
             )
         self.records = [store.clips[e.content_hash] for e in self.entries]
-        lengths = np.array([r.length for r in self.records], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)])  # clip c's rows: offsets[c]:offsets[c+1]
+        self.lengths = np.array([r.length for r in self.records], dtype=np.int64)
+        # In RAM, clips sit in storage order (read back to back, without a copy): clip c's rows
+        # are starts[c] : starts[c] + lengths[c].
+        self.storage_order = np.array(sorted(range(len(self.records)), key=lambda i: (self.records[i].segment, self.records[i].offset)), dtype=np.int64)
+        self.starts = np.empty(len(self.records), dtype=np.int64)
+        self.starts[self.storage_order] = np.cumsum(self.lengths[self.storage_order]) - self.lengths[self.storage_order]
         self.frames = max((r.frames for r in self.records), default=0)
         self.persons = max((r.persons for r in self.records), default=0)
         geometry = store.config.get("features", {}).get("geometry", {}).get("features", [])
@@ -170,9 +176,9 @@ class StoreDataset:
         row_bytes = sum(specs[f].row_bytes for f in self.families) + 8  # + frame, slot
         if in_memory not in ("auto", "yes", "no"):
             raise ValueError(f"in_memory must be auto, yes or no, got {in_memory!r}")
-        self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * int(lengths.sum()) < _memory_budget())
+        self.in_memory = in_memory == "yes" or (in_memory == "auto" and row_bytes * int(self.lengths.sum()) < _memory_budget())
         self._valid_slots: torch.Tensor | None = None
-        self._cache = self._read(np.arange(len(self.entries))) if self.in_memory and self.entries else None
+        self._cache = self._read(self.storage_order) if self.in_memory and self.entries else None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -189,7 +195,7 @@ class StoreDataset:
 
     def _rows_of(self, positions: np.ndarray) -> np.ndarray:
         """Indices into the in-RAM rows of the clips at ``positions``, in order."""
-        return np.concatenate([np.arange(self.offsets[p], self.offsets[p + 1]) for p in positions]) if len(positions) else np.arange(0)
+        return np.concatenate([np.arange(self.starts[p], self.starts[p] + self.lengths[p]) for p in positions]) if len(positions) else np.arange(0)
 
     def _batch(self, positions: np.ndarray, rows: dict[str, torch.Tensor], permute: torch.Generator | None) -> ClipBatch:
         """Pad the packed rows of ``positions`` to (B, T, N, D), T and N the largest of these clips."""
@@ -218,8 +224,7 @@ class StoreDataset:
         """Positions of one epoch, as windows of clips that lie close together in the store:
         blocks of clips in storage order are shuffled, then clips within each window, so a
         streamed window is read with few contiguous reads."""
-        order = np.array(sorted(range(len(self)), key=lambda i: (self.records[i].segment, self.records[i].offset)), dtype=np.int64)
-        blocks = [order[i : i + window_clips] for i in range(0, len(order), window_clips)]
+        blocks = [self.storage_order[i : i + window_clips] for i in range(0, len(self), window_clips)]
         if shuffle:
             blocks = [blocks[i] for i in torch.randperm(len(blocks), generator=generator).tolist()]
             blocks = [w[torch.randperm(len(w), generator=generator).numpy()] for w in blocks]
@@ -276,8 +281,9 @@ class StoreDataset:
     def valid_slots(self) -> torch.Tensor:
         """(C, N) bool: slots holding a person in at least one frame of each clip (read once)."""
         if self._valid_slots is None:
-            rows = self._cache if self._cache is not None else self._read(np.arange(len(self)), [])
-            clip = torch.repeat_interleave(torch.arange(len(self)), torch.from_numpy(np.diff(self.offsets)))
+            rows = self._cache if self._cache is not None else self._read(self.storage_order, [])
+            order = torch.from_numpy(self.storage_order)
+            clip = torch.repeat_interleave(order, torch.from_numpy(self.lengths)[order])  # position of each row's clip
             valid = torch.zeros(len(self), self.persons, dtype=torch.bool)
             valid[clip, rows["slot"].long()] = True
             self._valid_slots = valid

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .feature_store import META_FILE, PIN_FILE, SCHEMA_VERSION, ZARR_DIR, FeatureStore, StoreError
+from .feature_store import COMMITS, DATASETS, META_FILE, PIN_FILE, SCHEMA_VERSION, ZARR_DIR, FeatureStore, StoreError
 from .fingerprint import FINGERPRINT_LENGTH, is_fingerprint
 from .locks import exclusive_store_lease, store_in_use
 from .records import Snapshot
@@ -313,7 +313,16 @@ def delete_store(root: Storage, fp: str) -> None:
         os.rename(path, doomed)
         shutil.rmtree(doomed)
     else:
-        root.delete_prefix(fp)
+        # Object storage cannot rename a prefix out of sight and deletes batches of keys at once:
+        # records first, rows next, meta.json last, so a delete cut short leaves a store that still
+        # opens (with fewer clips) and the next gc takes, never one gc spares as damaged for good.
+        for part in (DATASETS, COMMITS, ZARR_DIR):
+            root.delete_prefix(f"{fp}/{part}")
+        meta = f"{fp}/{META_FILE}"
+        for key in root.list(f"{fp}/"):
+            if key != meta:
+                root.delete(key)
+        root.delete(meta)
 
 
 def execute_gc(plan: GcPlan, root: Storage) -> list[tuple[StoreInfo, str]]:

@@ -58,7 +58,9 @@ class ClipRecord:
     checksums: dict[str, str]  # array name -> xxh3 of the clip's rows
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "segment"}
+        # by hand, not asdict: that deep-copies every checksum dict and cost 9% of a write
+        return {"content_hash": self.content_hash, "offset": self.offset, "length": self.length, "frames": self.frames,
+                "persons": self.persons, "checksums": self.checksums}  # fmt: skip
 
 
 def commit_document(segment: str, seq: int, records: list[ClipRecord], written_at: float) -> bytes:
