@@ -203,3 +203,16 @@ def test_max_clip_bytes_refuses_a_clip_by_its_headers_and_commits_the_others(tmp
     assert summary["written"] == 6 and [e["path"].rsplit("/", 1)[1] for e in summary["errors"]] == ["big.npz"]
     assert "budget" in summary["errors"][0]["message"] or "bytes" in summary["errors"][0]["message"]
     assert "--max-clip-bytes" in run("extract", data, "--max-clip-bytes", "lots", code=2).output
+
+
+def test_damage_is_repaired_even_when_the_hash_cache_is_gone(tmp_path, cache_dir):
+    data = make_data(tmp_path / "data", 6)
+    summary = run_extract(data, progress=False)
+    store = FeatureStore.open(summary.store)
+    (chunk,) = (p for p in (store.path / ZARR_DIR / SEGMENTS).glob("*/geometry/c/**/*") if p.is_file())
+    chunk.unlink()
+    for hashes in cache_dir.glob("content-hashes*"):
+        hashes.unlink()  # a new machine, or a wiped cache: every clip is decoded again
+    repaired = run_extract(data, progress=False)
+    assert repaired.repaired == repaired.written == 6
+    assert FeatureStore.open(summary.store).verify() == []

@@ -104,6 +104,7 @@ class ExtractRun:
         self.hashes = HashCache(local)
         self.entries: dict[str, SnapshotEntry] = {}  # clip key -> entry, for the snapshot
         self.redo: set[str] = set()  # content hashes whose stored rows are damaged
+        self.checked: set[str] = set()  # content hashes whose stored rows were checked this run
         self.progress = progress
         self.bar: tqdm | None = None
 
@@ -114,6 +115,12 @@ class ExtractRun:
         return self.store
 
     def is_stored(self, digest: str) -> bool:
+        """Whether ``digest``'s rows are stored intact; rows the plan did not check (a file the
+        hash cache did not know) are checked now, so damage is repaired whatever the hash cache says."""
+        if digest in self.store and digest not in self.redo and digest not in self.checked:
+            self.checked.add(digest)
+            if self.store.check([self.store.clips[digest]]):
+                self.redo.add(digest)
         return digest in self.store and digest not in self.redo
 
     def plan(self) -> list[ClipSource]:
@@ -126,7 +133,8 @@ class ExtractRun:
             hit = self.hashes.get(src.path)
             if hit is not None and hit[0] in self.store and (src.target is not None or hit[1] != UNKNOWN_TARGET):
                 known[src] = hit
-        damaged = self.store.check([self.store.clips[digest] for digest in {d for d, _, _ in known.values()}])
+        self.checked = {d for d, _, _ in known.values()}
+        damaged = self.store.check([self.store.clips[digest] for digest in self.checked])
         self.redo = {record.content_hash for record, _ in damaged}
         pending = []
         for src in self.sources:
