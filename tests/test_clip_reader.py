@@ -424,7 +424,8 @@ def test_file_names_that_are_not_utf8(tmp_path):
     good = bytes_named_file(tmp_path, b"caf\xe9 \xff.npz")
     save_clip(good, tiny_clip())
     clip = read_clip(good)
-    assert clip.clip_id == "caf\udce9 \udcff" and clip.video_id == "caf\udce9 \udcff"
+    assert clip.clip_id == "caf\udce9 \udcff"  # the key: the name's own bytes, to find the file again
+    assert clip.video_id == "caf\\xe9 \\xff"  # a text field: valid Unicode, like the file's own video_id
     bad = bytes_named_file(tmp_path, b"bad\xff\n.npz")
     np.savez(bad, **REJECTED["NaN box"][0])
     err = _refusal(bad)

@@ -38,6 +38,7 @@ import io
 import math
 import os
 import re
+import stat
 import tokenize
 import zipfile
 import zlib
@@ -205,7 +206,7 @@ def read_clip(path: Path | str, clip_id: str | None = None, target: int | None =
         visible_fraction=visible,
         target=label,
         scene=_text(arrays.get("scene_category")),
-        video_id=_text(arrays.get("video_id")) or path.stem,
+        video_id=_text(arrays.get("video_id")) or display_path(path.stem),  # valid Unicode, like a text field
         content_hash=digest,
         repairs=repairs,
     )
@@ -213,7 +214,15 @@ def read_clip(path: Path | str, clip_id: str | None = None, target: int | None =
 
 def _open_archive(path: Path) -> zipfile.ZipFile:
     try:
-        with open(path, "rb") as f:
+        # Not open(): a FIFO would block it for ever, and a device would be read without end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(path)  # reported below, with the other open errors
+            raise ClipError(path, "<file>", "not a regular file (a FIFO, device or socket), expected an .npz file")
+        with os.fdopen(fd, "rb") as f:
             start = f.read(len(_ZIP_MAGIC))
             end = zipfile._EndRecData(f)  # the directory record zipfile will trust (private, stable since Python 2)
     except FileNotFoundError:

@@ -30,7 +30,7 @@ from ..data.clip import DEFAULT_MAX_CLIP_BYTES, Clip, ClipError, read_clip
 from ..data.sources import ClipSource, discover_clips
 from ..extract.registry import Extractor, build_extractors, identity
 from ..store.cache import cache_root
-from ..store.feature_store import MASK_ARRAY, FeatureStore
+from ..store.feature_store import MASK_ARRAY, FeatureStore, StoreError
 from ..store.hash_cache import FileStat, HashCache
 from ..store.locks import store_lease
 from ..store.records import Snapshot, SnapshotEntry
@@ -179,6 +179,15 @@ class ExtractRun:
         if crops:
             self.bar.set_postfix_str(f"{self.summary.crops / (time.perf_counter() - self.start):.0f} crops/s", refresh=False)
 
+    def _previous_snapshot(self) -> Snapshot | None:
+        """The snapshot this run replaces; a damaged one is replaced too (that is its repair)."""
+        if self.dataset not in self.store.snapshot_names():
+            return None
+        try:
+            return self.store.snapshot(self.dataset)
+        except StoreError:
+            return None
+
     def finish(self, aborted: bool) -> ExtractSummary:
         """Close the run: the snapshot is written unless the run was aborted (then the previous
         snapshot of this name stays as it was)."""
@@ -190,7 +199,7 @@ class ExtractRun:
             s.errors_csv = _write_errors(self.store, self.dataset, s.errors)
             if not aborted:
                 snapshot = Snapshot(self.dataset, str(self.data), time.time(), tuple(self.entries[k] for k in sorted(self.entries)), s.failed)
-                previous = self.store.snapshot(self.dataset) if self.dataset in self.store.snapshot_names() else None
+                previous = self._previous_snapshot()
                 s.changes = _changes(previous, snapshot)
                 s.leaks = snapshot.leaks()
                 if previous is not None and previous.data != snapshot.data:

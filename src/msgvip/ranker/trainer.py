@@ -154,7 +154,8 @@ def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_
     order = np.argsort(-np.where(valid, scores, -np.inf), axis=1, kind="stable")
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1)[None].repeat(len(scores), 0), axis=1)
-    with open(path, "w", newline="") as f:
+    # surrogateescape: a clip key from a file name that is not UTF-8 is written back as its own bytes
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "clip_id", "content_hash", "slot", "score", "rank", "target"])
         for c, entry in enumerate(data.entries):

@@ -131,6 +131,7 @@ class FeatureStore:
         self.damaged_commits: dict[str, str] = {}  # commit key -> problem
         self._seen_commits: set[str] = set()
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._zarr = storage.zarr_store_at(f"{fp}/{ZARR_DIR}")
 
     # ---------------------------------------------------------------- naming
     def key(self, *parts: str) -> str:
@@ -166,13 +167,33 @@ class FeatureStore:
                 "fingerprint": fp, "config": dict(config), "settings": dict(settings or {}), "schema_version": SCHEMA_VERSION,
                 "arrays": [a.to_json() for a in arrays], "created_at": time.time(), "versions": _package_versions(),
             }  # fmt: skip
-            group = zarr.open_group(store=storage.zarr_store, path=f"{fp}/{ZARR_DIR}", mode="a", zarr_format=3)
+            group = zarr.open_group(store=storage.zarr_store_at(f"{fp}/{ZARR_DIR}"), mode="a", zarr_format=3)
             group.attrs["msgvip"] = meta  # a copy for plain-Zarr readers; meta.json is what msgvip trusts
             storage.write(f"{fp}/{META_FILE}", seal(meta))  # last: its presence means the store exists
         store = cls.open_in(storage, fp)
+        store._repair_group_documents()
         if fingerprint(store.config) != fingerprint(config) or store.families != [a.name for a in arrays]:
             raise StoreError(f"{store.location}: holds another config than its fingerprint {fp} names; the store is damaged (nothing was changed)")
         return store
+
+    def _repair_group_documents(self) -> None:
+        """Rewrite a missing or damaged zarr.json of the Zarr group or of ``segments/``. No reader
+        needs them (each array has its own), but zarr reads them to create an array below, so one
+        bad byte there would stop every later extract. Written whole, never via zarr's overwrite,
+        which would delete the arrays below."""
+        for key, attributes in ((self.key(ZARR_DIR, "zarr.json"), {"msgvip": read_store_meta(self.storage, self.fingerprint)}),
+                                (self.key(ZARR_DIR, SEGMENTS, "zarr.json"), {})):  # fmt: skip
+            data = self.storage.read(key)
+            if data is None and attributes == {}:
+                continue  # made with the first segment
+            try:
+                doc = json.loads(data)
+                intact = doc["zarr_format"] == 3 and doc["node_type"] == "group"
+            except (TypeError, ValueError, KeyError):
+                intact = False
+            if not intact:
+                group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+                self.storage.write(key, json.dumps(group, indent=2).encode())
 
     @classmethod
     def open_in(cls, storage: Storage, fp: str, refresh: bool = True) -> FeatureStore:
@@ -257,15 +278,15 @@ class FeatureStore:
     def _array(self, segment: str, spec: ArraySpec, create: bool = False) -> zarr.Array:
         handle = self._arrays.get((segment, spec.name))
         if handle is None:
-            path = self.key(ZARR_DIR, SEGMENTS, segment, spec.name)
+            path = f"{SEGMENTS}/{segment}/{spec.name}"
             if create:
                 handle = zarr.create_array(
-                    store=self.storage.zarr_store, name=path, shape=(0, *spec.shape), chunks=(self.rows_per_chunk(), *spec.shape),
+                    store=self._zarr, name=path, shape=(0, *spec.shape), chunks=(self.rows_per_chunk(), *spec.shape),
                     dtype=spec.dtype, fill_value=0, compressors=_compressors(np.dtype(spec.dtype)), dimension_names=("row", *spec.dims),
                     zarr_format=3,
                 )  # fmt: skip
             else:
-                handle = zarr.open_array(store=self.storage.zarr_store, path=path, mode="r")
+                handle = zarr.open_array(store=self._zarr, path=path, mode="r")
             self._arrays[(segment, spec.name)] = handle
         return handle
 

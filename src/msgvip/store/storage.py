@@ -64,6 +64,14 @@ class Storage:
     def child_url(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    def zarr_store_at(self, prefix: str) -> zarr.abc.store.Store:
+        """A zarr store rooted at ``prefix``. Creating an array makes zarr read (and write) every
+        parent group's zarr.json up to its store's root: rooted here, it never touches the cache
+        root or the store's own folder, and their files never break it."""
+        if self.local_path is not None:
+            return LocalStore(self.local_path / prefix)
+        return FsspecStore(self.zarr_store.fs, path=f"{self.zarr_store.path.rstrip('/')}/{prefix}", allowed_exceptions=self.zarr_store.allowed_exceptions)
+
     def read(self, key: str) -> bytes | None:
         """The bytes at ``key``, or None when there is no such key."""
         buffer = self._sync(self.zarr_store.get(key, prototype=default_buffer_prototype()), key)
