@@ -1,8 +1,8 @@
 """The schema-1 feature store (msgvip at commit df34f65), kept only as the baseline of
 ``bench_store.py``: it is not part of msgvip, nothing else imports it, and it must not be
-used to write real caches. Copied verbatim except for its two package-relative imports,
-which now name ``msgvip.store.fingerprint`` and ``msgvip.store.locks`` so it runs from
-``benchmarks/``.
+used to write real caches. Copied verbatim except for its package-relative imports, which
+now name ``msgvip.store.fingerprint`` and ``msgvip.store.locks`` so it runs from ``benchmarks/``,
+and for ``ArraySpec``, which it takes from the current store (the same record, unchanged).
 
 The original module docstring follows.
 
@@ -45,6 +45,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from msgvip.store.feature_store import ArraySpec
 from msgvip.store.fingerprint import array_checksum, is_fingerprint
 from msgvip.store.locks import file_lock
 
@@ -63,27 +64,6 @@ ZARR_DIR = "features.zarr"  # bookkeeping files stay outside it, so plain Zarr s
 
 class StoreError(Exception):
     """A store that cannot be opened or used as asked; the message names the path and the fix."""
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One feature array: its trailing shape after (clip, frame, person) and its on-disk dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    dims: tuple[str, ...] = ()  # names of the trailing dims, for xarray
-
-    def __post_init__(self) -> None:
-        if len(self.dims) != len(self.shape):
-            object.__setattr__(self, "dims", tuple(f"{self.name}_dim{i}" for i in range(len(self.shape))))
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "dims": list(self.dims)}
-
-    @classmethod
-    def from_json(cls, record: Mapping) -> ArraySpec:
-        return cls(record["name"], tuple(record["shape"]), record["dtype"], tuple(record["dims"]))
 
 
 MASK_SPEC = ArraySpec(MASK_ARRAY, (), "bool")
