@@ -216,3 +216,24 @@ def test_damage_is_repaired_even_when_the_hash_cache_is_gone(tmp_path, cache_dir
     repaired = run_extract(data, progress=False)
     assert repaired.repaired == repaired.written == 6
     assert FeatureStore.open(summary.store).verify() == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
+def test_a_damaged_checkpoint_or_run_config_is_a_one_line_error(tmp_path, cache_dir, damage):
+    import torch
+
+    data = make_data(tmp_path / "data", 9)
+    store = FeatureStore.open(run_extract(data, progress=False).store)
+    train(store, tmp_path / "run", QUICK, SMALL_MODEL, progress=False)
+    best = tmp_path / "run" / "best.pt"
+    if damage == "garbage":
+        best.write_text("garbage\n")
+    elif damage == "truncated":
+        best.write_bytes(best.read_bytes()[:1000])
+    else:
+        torch.save({"model": {}}, best)  # a checkpoint, but not one of msgvip's
+    failed = run("evaluate", tmp_path / "run", "--split", "val", code=1)
+    assert str(best) in failed.output and len(failed.output.strip().splitlines()) == 1
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    failed = run("evaluate", tmp_path / "run", code=1)
+    assert "config.json: unreadable" in failed.output and "damaged" in failed.output

@@ -18,8 +18,9 @@ command shows a traceback; ``evaluate`` works identically or stops with one line
 
 Profiles: ``ci`` (default; deterministic, about a minute for the file) and ``long``
 (10,000 examples per property): ``MSGVIP_FUZZ_PROFILE=long pytest tests/test_fuzz.py
---hypothesis-show-statistics``. Profiles are applied to this file's tests only (not loaded
-globally), so other test files keep hypothesis' defaults.
+--hypothesis-show-statistics``; ``MSGVIP_FUZZ_LOG=FILE`` appends a line per passing example, to
+count them when a long run is cut short. Profiles are applied to this file's tests only (not
+loaded globally), so other test files keep hypothesis' defaults.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ def fuzz_settings(ci_share: float) -> settings:
 
 
 # Bugs the fuzzers found have a regression test each at the end of the file.
-
 PROGRESS_LOG = os.environ.get("MSGVIP_FUZZ_LOG")  # long runs: one line per passing example, to count them if the run is cut short
 
 READ_TIMEOUT_S = 30  # one read_clip of a few kB; anything near this is a hang
@@ -307,7 +307,7 @@ class ClipFile:
     """What to put at a clip's path: an .npz of ``members`` (then ``damage`` applied to its bytes),
     or another kind of thing (``kind``)."""
 
-    kind: str  # npz, bytes, npy, directory, dangling_symlink, symlink_to_folder, fifo, link_to_dev_zero
+    kind: str  # npz, bytes, npy, directory, dangling_symlink, symlink_to_folder, fifo
     members: list[Member] = field(default_factory=list)
     damage: list[tuple[str, int, int]] = field(default_factory=list)
     content: bytes = b""
@@ -368,8 +368,6 @@ def write_clip_file(path: Path, spec: ClipFile) -> None:
         os.symlink(path.parent, path)
     elif spec.kind == "fifo":
         os.mkfifo(path)
-    elif spec.kind == "link_to_dev_zero":
-        os.symlink("/dev/zero", path)
     else:
         raise AssertionError(spec.kind)
 
@@ -381,7 +379,9 @@ damage_ops = st.tuples(
 
 @st.composite
 def clip_files(draw) -> ClipFile:
-    other = ["bytes", "npy", "directory", "dangling_symlink", "symlink_to_folder", "fifo", "link_to_dev_zero"]
+    # no link to /dev/zero here: should that regress, reading it fills memory before a watchdog can
+    # interrupt (test_a_clip_path_that_is_no_regular_file_is_refused_at_once tries it in a capped child)
+    other = ["bytes", "npy", "directory", "dangling_symlink", "symlink_to_folder", "fifo"]
     kind = draw(st.sampled_from(["values"] * 3 + ["npz"] * 5 + other))
     if kind == "bytes":
         prefix = draw(st.sampled_from([b"", b"PK\x03\x04", b"\x93NUMPY", b"PK\x05\x06"]))

@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -206,6 +207,8 @@ CHECKPOINT_KEYS = ("version", "epoch", "model", "config", "fingerprint", "histor
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint, loaded weights-only: anything that would need code to unpickle is refused,
     and a truncated or foreign file is a one-line error naming it."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ConfigError(f"{path}: not a checkpoint msgvip wrote (not a torch zip archive): truncated or damaged")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
