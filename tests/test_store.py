@@ -65,6 +65,8 @@ def test_roundtrip_keeps_only_valid_person_frames(tmp_path):
             np.testing.assert_array_equal(got[name], want[name])
     rows = reopened.read_clips(records[::-1], ["geometry"])
     assert rows["geometry"].shape == (sum(r.length for r in records), 3) and set(rows) == {"frame", "slot", "geometry"}
+    # Zarr is rooted at features.zarr: nothing of it lands in the cache root or the store's folder
+    assert not (tmp_path / "zarr.json").exists() and not (store.path / "zarr.json").exists()
 
 
 def test_a_huge_clip_changes_no_other_clip_bytes(tmp_path):
