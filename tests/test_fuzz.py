@@ -301,6 +301,9 @@ class Member:
         what = f"raw={self.raw!r}" if self.array is None else f"{self.array.dtype.str} {self.array.shape} {self.array.tobytes()[:96]!r}"
         return f"Member({self.name!r}, {what}, compress_type={self.compress_type})"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # what hypothesis prints failing examples with
+        printer.text(repr(self))
+
 
 @dataclass
 class ClipFile:
@@ -509,7 +512,9 @@ def assert_valid_clip(clip: Clip, path: Path) -> None:
     assert ((b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1]))[m].all()  # present boxes have area
     v = clip.visible_fraction
     assert v.dtype == np.float32 and v.shape == (t, n) and np.isfinite(v).all()
-    assert ((v > 0) & (v <= 1))[m].all() and (v[~m] == 0).all()
+    # >= 0, not > 0: a box a few denormals high keeps its (denormal) area, and its share of a
+    # normal raw box underflows to 0 in float32 (harmless: geometry stays finite)
+    assert ((v >= 0) & (v <= 1))[m].all() and (v[~m] == 0).all()
     assert isinstance(clip.target, int) and (clip.target == -1 or (0 <= clip.target < n and m[:, clip.target].any()))
     for text in (clip.scene, clip.video_id):
         assert isinstance(text, str)

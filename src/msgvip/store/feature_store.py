@@ -26,6 +26,7 @@ missing chunk (which Zarr reads back as zeros) or a damaged one is an error nami
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 
 from .fingerprint import array_checksum, fingerprint, is_fingerprint
 from .locks import store_lease
@@ -306,12 +308,12 @@ class FeatureStore:
         for run in runs:
             lo = min(records[i].offset for i in run)
             hi = max(records[i].offset + records[i].length for i in run)
-            for name in names:
-                try:
-                    rows = self._array(records[run[0]].segment, specs[name])[lo:hi]
-                except (PermissionError, *object_store_errors()) as err:  # the store is out of reach, not damaged
-                    raise StoreError(f"{self.location}: cannot read the store ({type(err).__name__}: {err}); {ENDPOINT_HINT}") from None
-                except Exception as err:  # a chunk failing its crc32c or its decompression, a missing array
+            reads = self._read_arrays(records[run[0]].segment, [specs[n] for n in names], lo, hi)
+            for name, rows in zip(names, reads):
+                if isinstance(rows, (PermissionError, *object_store_errors())):  # the store is out of reach, not damaged
+                    raise StoreError(f"{self.location}: cannot read the store ({type(rows).__name__}: {rows}); {ENDPOINT_HINT}")
+                if isinstance(rows, Exception):  # a chunk failing its crc32c or its decompression, a missing array
+                    err = rows
                     if len(run) > 1:
                         for i in run:  # find the clip(s) the damage belongs to
                             parts[name][i] = self.read_clips([records[i]], [name] if name not in INDEX_ARRAYS else [], label)[name]
@@ -329,6 +331,30 @@ class FeatureStore:
         if len(whole) == len(names):  # back-to-back clips in order: the one read is the answer, no copy
             return whole
         return {n: np.concatenate(p) if p else np.zeros((0, *specs[n].shape), specs[n].dtype) for n, p in parts.items()}
+
+    def _read_arrays(self, segment: str, specs: Sequence[ArraySpec], lo: int, hi: int) -> list[np.ndarray | Exception]:
+        """Rows lo:hi of several arrays of a segment, read concurrently in one round trip to
+        zarr's I/O loop (their chunks decode in parallel); an array that fails gives its error."""
+
+        arrays: list[zarr.Array | Exception] = []
+        for spec in specs:
+            try:
+                arrays.append(self._array(segment, spec))  # opening reads the array's zarr.json
+            except Exception as err:  # a missing or damaged array: handed back like a failed read
+                arrays.append(err)
+
+        async def read(array):
+            if isinstance(array, Exception):
+                return array
+            try:
+                return await array._async_array.getitem(slice(lo, hi))
+            except Exception as err:  # handed back: the caller tells damage from an unreachable store
+                return err
+
+        async def read_all():
+            return await asyncio.gather(*(read(a) for a in arrays))
+
+        return sync(read_all())
 
     def _damaged(self, record: ClipRecord, name: str, problem: str, label) -> DamagedClipError:
         return DamagedClipError(
