@@ -282,13 +282,23 @@ def _print_leaks(leaks: dict[str, list[list[str]]]) -> None:
         click.echo(f"LEAK {pair}: {len(keys)} clips with the same content in both splits: {shown}", err=True)
 
 
-def _train_configs(config_file: Path | None, overrides: dict) -> tuple:
-    from .ranker import RankerConfig, TrainConfig, build_config
+def _train_configs(config_file: Path | None, overrides: dict, preset_name: str | None = None) -> tuple:
+    """(train config, model config): the model preset's training defaults, under the config
+    file's [train] section, under the flags; [model] holds ``preset`` and that preset's options."""
+    from .ranker import TrainConfig, build_config
+    from .ranker.presets import DEFAULT_PRESET, preset_named
 
     sections = read_config_file(config_file) if config_file else {}
-    train_values = {**sections.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
     source = str(config_file) if config_file else "command line"
-    return build_config(TrainConfig, train_values, source), build_config(RankerConfig, sections.get("model", {}), source)
+    model_values = dict(sections.get("model", {}))
+    preset_name = preset_name or model_values.pop("preset", DEFAULT_PRESET)
+    model_values.pop("preset", None)
+    try:
+        preset = preset_named(preset_name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: model.preset: {err}") from None
+    train_values = {**preset.train_defaults, **sections.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return build_config(TrainConfig, train_values, source), build_config(preset.config, model_values, source)
 
 
 def _refuse_extraction_flags(model_fields: dict) -> None:
@@ -301,6 +311,12 @@ def _refuse_extraction_flags(model_fields: dict) -> None:
             f"{', '.join(given)} with --store: the store already fixes the features (train uses every family it "
             "holds; there is no option to train on a subset), so these flags only apply with --data, which extracts"
         )
+
+
+def _presets() -> list[str]:
+    from .ranker.presets import PRESETS
+
+    return list(PRESETS)
 
 
 RUN_FILES = ("config.json", "latest.pt", "best.pt", "metrics.csv", "curves.png", "predictions.csv")  # what ranker.train writes
@@ -328,6 +344,7 @@ def _default_run_dir(fingerprint: str) -> Path:
 @cache_dir_option
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<time>-<fingerprint>].")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML with [model] and [train] sections.")
+@click.option("--model", "preset", type=click.Choice(sorted(_presets())), help="Model preset [default: the config file's model.preset, else msgvip].")
 @click.option("--epochs", type=int, help="Epochs [default: 30].")
 @click.option("--batch-size", type=int, help="Clips per step [default: 8].")
 @click.option("--lr", type=float, help="Peak learning rate [default: 3e-4].")
@@ -341,7 +358,7 @@ def _default_run_dir(fingerprint: str) -> Path:
 @dataset_option
 @click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
 @user_errors
-def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, epochs, batch_size, lr, seed, device, patience, in_memory, labels,
+def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, labels,
           resume, overwrite, dataset, allow_duplicates, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
@@ -355,7 +372,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, epo
     if store_ref is not None:
         _refuse_extraction_flags(model_fields)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory}
-    train_config, model_config = _train_configs(config_file, overrides)
+    train_config, model_config = _train_configs(config_file, overrides, preset)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
     earlier = _earlier_run(run_dir, overwrite) if run_dir is not None and not resume else []

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import softmax as segment_softmax
 
+from .losses import RankingLossTerms, ranking_loss_terms
+
 __all__ = ["INVALID_LOGIT", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
 
 #: Logit given to slots that hold no person in any frame of the clip. ``-inf`` so that such a slot
@@ -386,6 +388,10 @@ class ImportanceRanker(nn.Module):
             score = gate * score + (1 - gate) * relation
         # persons are in (b, n) row-major order, the same order masked_scatter fills
         return logits.masked_scatter(person_valid, score.float())
+
+    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train) -> RankingLossTerms:
+        """Masked cross-entropy + pairwise margin (``train``: the TrainConfig's margin and weight)."""
+        return ranking_loss_terms(logits, target, valid, train.margin, train.pairwise_weight)
 
     def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
         # features[name] (V, D_name) -> (V, H)

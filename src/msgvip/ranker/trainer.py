@@ -30,7 +30,8 @@ from ..store.feature_store import FeatureStore
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
-from .model import ImportanceRanker, RankerConfig
+from .model import RankerConfig
+from .presets import DEFAULT_PRESET, build_model, preset_named, preset_of
 
 CHECKPOINT_VERSION = 1
 
@@ -235,7 +236,7 @@ def train(
     store: FeatureStore,
     run_dir: Path,
     train_config: TrainConfig = TrainConfig(),
-    model_config: RankerConfig = RankerConfig(),
+    model_config: object = RankerConfig(),
     families: list[str] | None = None,
     labels: LabelOverrides | None = None,
     resume: bool = False,
@@ -245,7 +246,8 @@ def train(
     allow_duplicates: bool = False,
 ) -> TrainSummary:
     """Train on the train split of a dataset snapshot of the store (``dataset``, default its only
-    one), select on its val split; see the module docstring. A snapshot holding the same content
+    one), select on its val split; see the module docstring. ``model_config`` is the config of a
+    model preset (presets.py), which picks the model and its loss. A snapshot holding the same content
     in two splits is refused unless ``allow_duplicates``.
 
     ``max_epochs_this_call`` stops after that many epochs without marking the run finished
@@ -275,15 +277,17 @@ def train(
         # The frame embedding must cover the longest clip of the dataset, in any split, so
         # evaluation and prediction on it never meet a clip the model cannot take.
         longest = max(store.clips[e.content_hash].frames for e in snapshot.entries if e.content_hash in store.clips)
-        model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
+        if hasattr(model_config, "max_frames"):
+            model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
 
         torch.manual_seed(cfg.seed)
-        model = ImportanceRanker(model_config, train_data.feature_dims).to(runtime.device)
+        model = build_model(model_config, train_data.feature_dims).to(runtime.device)
+        loss_terms = model.loss_terms  # kept before a DDP wrap hides it
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(math.ceil(len(train_data) / runtime.world_size) / cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
         config_record = {
-            "train": asdict(cfg), "model": model_config.to_dict(), "families": train_data.families,
+            "train": asdict(cfg), "model_preset": preset_of(model_config).name, "model": model_config.to_dict(), "families": train_data.families,
             "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
             "unmatched_labels": unmatched,
@@ -330,7 +334,7 @@ def train(
                     features, mask = _inputs(batch)
                     logits = model(features, mask).float()
                 valid = mask.any(1)
-                terms = ranking_loss_terms(logits, batch.target, valid, cfg.margin, cfg.pairwise_weight)
+                terms = loss_terms(logits, batch.target, valid, cfg)
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -346,6 +350,7 @@ def train(
             scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp)
             valid_val = val_data.valid_slots()
             val = ranking_metrics(scores, val_data.targets.numpy(), valid_val.numpy())
+            # the same ranking loss for every preset, so val losses of runs compare
             val_logits = torch.from_numpy(np.where(valid_val.numpy(), scores, 0.0))
             val_loss = float(ranking_loss_terms(val_logits, val_data.targets, valid_val, cfg.margin, cfg.pairwise_weight).total)
             seconds = time.perf_counter() - epoch_start
@@ -420,15 +425,16 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- reuse
-def load_run(run_dir: Path, device: str = "cpu") -> tuple[ImportanceRanker, dict]:
-    """The best model of a run and its config record."""
+def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The best model of a run (of its preset; runs from before presets are ``msgvip``) and its config record."""
     path = Path(run_dir) / "best.pt"
     if not path.exists():
         raise ConfigError(f"{run_dir}: no best.pt (is it a finished msgvip run directory?)")
     state = load_checkpoint(path)
     config = state["config"]
     try:
-        model = ImportanceRanker(RankerConfig(**config["model"]), config["feature_dims"])
+        preset = preset_named(config.get("model_preset", DEFAULT_PRESET))
+        model = build_model(preset.config(**config["model"]), config["feature_dims"])
         model.load_state_dict(state["model"])
     except (TypeError, KeyError, ValueError, RuntimeError) as err:
         raise ConfigError(f"{path}: its model does not match its config ({type(err).__name__}: {str(err).splitlines()[0]}); the checkpoint is damaged") from None
@@ -443,10 +449,11 @@ def _scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels:
         data = StoreDataset(store, split, config["families"], labels=labels, dataset=dataset)
         if not len(data):
             raise ConfigError(f"{store.location}: dataset {data.snapshot.name!r} has no clips in split {split!r}; has {data.snapshot.splits()}")
-        if data.frames > model.config.max_frames:
+        max_frames = getattr(model.config, "max_frames", data.frames)
+        if data.frames > max_frames:
             raise ConfigError(
                 f"{store.location}: dataset {data.snapshot.name!r} has clips of {data.frames} frames, the model of {run_dir} takes at most "
-                f"{model.config.max_frames}; subsample those clips' frames or train a model on data that includes them"
+                f"{max_frames}; subsample those clips' frames or train a model on data that includes them"
             )
         scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False)
     return data, scores

@@ -1,0 +1,74 @@
+"""Model presets: which ranker a run trains, with its hyper-parameters and training defaults.
+
+``msgvip`` is the default ranker (model.py); ``svip`` reimplements the user's svip ranker and
+``rgt`` the reference-000 relational graph-temporal system. Every preset takes the same inputs
+(``features[name]`` (B, T, N, D), ``person_mask`` (B, T, N)), returns (B, N) logits, and scores
+itself with ``loss_terms(logits, target, valid, train_config)``, so the trainer, evaluation and
+prediction never ask which one they hold.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "build_model", "preset_named", "preset_of"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    module: str  # where the classes live, imported on first use
+    config_class: str
+    model_class: str
+    families: tuple[str, ...] = ()  # what it consumes by default (empty: every family of the store)
+    about: str = ""
+
+    def _attr(self, name: str):
+        return getattr(importlib.import_module(self.module, __package__), name)
+
+    @property
+    def config(self) -> type:
+        return self._attr(self.config_class)
+
+    @property
+    def model(self) -> type[nn.Module]:
+        return self._attr(self.model_class)
+
+    @property
+    def train_defaults(self) -> Mapping:
+        """TrainConfig values this model's authors train with; a config file or flag overrides them."""
+        return getattr(importlib.import_module(self.module, __package__), "TRAIN_DEFAULTS", {})
+
+
+DEFAULT_PRESET = "msgvip"
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("msgvip", ".model", "RankerConfig", "ImportanceRanker", about="GATv2 per frame + temporal Transformer + event token + dual head"),
+    )
+}
+
+
+def preset_named(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def preset_of(config: object) -> Preset:
+    """The preset whose config class ``config`` is an instance of."""
+    for preset in PRESETS.values():
+        if type(config) is preset.config:
+            return preset
+    raise TypeError(f"{type(config).__name__} is the config of no model preset ({sorted(PRESETS)})")
+
+
+def build_model(config: object, feature_dims: Mapping[str, int]) -> nn.Module:
+    return preset_of(config).model(config, dict(feature_dims))
