@@ -16,7 +16,7 @@ from ..config import ExtractConfig
 from ..data.clip import Clip
 from ..store.feature_store import SCHEMA_VERSION, ArraySpec
 from ..store.fingerprint import fingerprint
-from .geometry import GeometryExtractor
+from .geometry import GeometryExtractor, SvipBoxExtractor
 
 
 class Extractor(Protocol):
@@ -52,6 +52,7 @@ EXTRACTORS: dict[str, Callable[[ExtractConfig], Extractor]] = {
     "face": _face,
     "geometry": lambda config: GeometryExtractor(),
     "pose": _pose,
+    "svip_box": lambda config: SvipBoxExtractor(),
 }
 
 
