@@ -66,10 +66,10 @@ def leaf_commands(group: click.Group = main, path: tuple[str, ...] = ()) -> dict
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> SimpleNamespace:
-    """A store of 6 train + 2 val tiny clips and a one-epoch run of a tiny ranker on it."""
+    """A store of 6 train + 2 val + 2 test tiny clips and a one-epoch run of a tiny ranker on it."""
     base = tmp_path_factory.mktemp("trained")
-    for i in range(8):
-        save_clip(base / "data" / ("train" if i < 6 else "val") / f"clip_{i}.npz", tiny_clip(seed=i))
+    for i in range(10):
+        save_clip(base / "data" / ("train" if i < 6 else "val" if i < 8 else "test") / f"clip_{i}.npz", tiny_clip(seed=i))
     summary = run_extract(base / "data", cache_dir=base / "cache", progress=False)
     train(FeatureStore.open(summary.store), base / "run", TrainConfig(epochs=1, batch_size=4, device="cpu"), SMALL_MODEL, progress=False)
     return SimpleNamespace(data=base / "data", cache=base / "cache", fp=summary.fingerprint, run=base / "run")
@@ -92,6 +92,10 @@ COMMANDS = {
     ("cache", "gc"): (["cache", "gc", "--keep-last", "1"], "msgvip.store.cache.scan_cache"),
     ("cache", "pin"): (["cache", "pin", "abcd"], "msgvip.store.cache.resolve_store"),
     ("cache", "unpin"): (["cache", "unpin", "abcd"], "msgvip.store.cache.resolve_store"),
+    ("probe",): (["probe", "--store", "abcd"], "msgvip.store.cache.resolve_store"),
+    ("runs", "ls"): (["runs", "ls", "{tmp}"], "msgvip.pipelines.runs.list_runs"),
+    ("compare",): (["compare", "{tmp}", "{tmp}"], "msgvip.pipelines.train.store_of_run"),
+    ("import-checkpoint", "svip"): (["import-checkpoint", "svip", __file__, "--store", "abcd", "--out", "{tmp}/run"], "msgvip.store.cache.resolve_store"),
 }
 
 
@@ -172,6 +176,9 @@ def test_every_json_output_is_standard_json(trained):
         ("cache", "info"): run("cache", "info", trained.fp, "--json", *cache).stdout,
         ("cache", "verify"): run("cache", "verify", trained.fp, "--json", *cache).stdout,
         ("cache", "compact"): run("cache", "compact", trained.fp, "--json", *cache).stdout,
+        ("probe",): run("probe", "--store", trained.fp, "--json", *cache).stdout,
+        ("runs", "ls"): run("runs", "ls", Path(trained.run).parent, "--json").stdout,
+        ("compare",): run("compare", trained.run, trained.run, "--split", "val", "--json", *cache).stdout,
     }
     assert set(outputs) == {path for path, c in leaf_commands().items() if any(p.name == "as_json" for p in c.params)}
     records = {command: strict_json(text) for command, text in outputs.items()}
@@ -294,5 +301,5 @@ def test_extraction_flags_with_store_are_refused(trained, fake_train):
 def test_a_misspelt_family_lists_the_known_ones(tiny_data, cache_dir, tmp_path):
     for args in (["extract", tiny_data], ["train", "--data", tiny_data, "--out", tmp_path / "run"]):
         line = error_line(run(*args, "--features", "geometry,geomtry", code=1))
-        assert "unknown feature families ['geomtry']; choose from ['appearance', 'face', 'geometry', 'pose']" in line
+        assert "unknown feature families ['geomtry']; choose from ['appearance', 'face', 'geometry', 'pose', 'svip_box']" in line
     assert not cache_dir.exists()

@@ -90,7 +90,7 @@ def test_train_evaluate_predict_cli(store, tmp_path, cache_dir):
     assert evaluation.exit_code == 0, evaluation.output
     record = json.loads(evaluation.stdout)
     assert record["clips"] == 4 and {"model", "largest_box", "most_central"} <= set(record)
-    assert set(record["model"]) >= {"rank@1", "rank@2", "rank@3", "mrr", "map", "by_persons"}
+    assert set(record["model"]) >= {"rank@1", "rank@2", "rank@3", "mrr", "map_trapezoid", "map_standard", "intervals", "by_persons"}
     out = tmp_path / "ranking.csv"
     predicted = CliRunner().invoke(main, ["predict", str(run_dir), str(tmp_path / "data"), "--out", str(out)])
     assert predicted.exit_code == 0, predicted.output

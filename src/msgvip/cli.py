@@ -59,7 +59,7 @@ def model_options(fn: Callable) -> Callable:
     """Flags that choose what the model families compute (they reach the fingerprint)."""
     defaults = ExtractConfig()
     options = [
-        click.option("--features", default="geometry", show_default=True, help="Comma-separated feature families: appearance, pose, face, geometry."),
+        click.option("--features", default="geometry", show_default=True, help="Comma-separated feature families: appearance, pose, face, geometry, svip_box."),
         click.option("--backbone", default=defaults.backbone, show_default=True, help="DINOv2 for appearance and face: hub id or local directory."),
         click.option("--pose-model", default=defaults.pose_model, show_default=True, help="ViTPose for pose and face: hub id or local directory."),
         click.option("--crop-size", default=defaults.crop_size, show_default=True, help="Appearance and face crop size in pixels."),
@@ -404,11 +404,16 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
 @user_errors
 def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: dict, labels: Path | None, dataset: str | None, as_json: bool) -> None:
     """Metrics of a run's best model against the heuristic baselines on one split."""
+    from .pipelines.runs import EVALUATE_FILE
     from .pipelines.train import store_of_run
     from .ranker import evaluate_run, read_label_overrides
+    from .ranker.trainer import run_config
 
     store = store_of_run(run_dir, cache_dir, storage_options)
     result = evaluate_run(run_dir, store, split, labels=read_label_overrides(labels) if labels else None, dataset=dataset)
+    if split == "test" and labels is None and dataset in (None, run_config(run_dir).get("dataset")):
+        # the run's own test metrics, which `msgvip runs ls` lists; other labels or datasets would not compare between runs
+        (run_dir / EVALUATE_FILE).write_text(json.dumps(json_ready(result), indent=2, sort_keys=True, allow_nan=False) + "\n")
     if as_json:
         print_json(result)
         return
@@ -437,12 +442,122 @@ def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cac
     click.echo(f"ranked {count} clips -> {out}")
 
 
+@main.command()
+@click.option("--store", "store_ref", required=True, help="Store to probe: fingerprint, unique prefix, or path.")
+@cache_dir_option
+@dataset_option
+@click.option("--features", help="Comma-separated feature families to probe [default: every family the store holds].")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
+@json_option
+@user_errors
+def probe(store_ref: str, cache_dir: str | None, storage_options: dict, dataset: str | None, features: str | None, labels: Path | None, as_json: bool) -> None:
+    """How far simple scorers get on time-pooled per-person statistics of a store: logistic
+    regression, linear SVM and k-NN on each feature family and on all together, trained on train
+    persons, hyper-parameters chosen on val Rank@1, test metrics beside the two heuristics."""
+    from .ranker import read_label_overrides
+    from .ranker.probe import format_probe_table, probe_store
+
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
+    families = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    report = probe_store(store, dataset, families, progress=not as_json, labels=read_label_overrides(labels) if labels else None)
+    if as_json:
+        print_json(report.to_json())
+        return
+    click.echo(format_probe_table(report))
+
+
+@main.group()
+def runs() -> None:
+    """List training runs (compare two with `msgvip compare`)."""
+
+
+@runs.command("ls")
+@click.argument("root", metavar="[DIR]", required=False, default=Path("runs"), type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sort", "sort_by", metavar="METRIC", help="Best first by a val_* or test_* metric, e.g. val_rank@1 or test_mrr [default: by name].")
+@json_option
+@user_errors
+def runs_ls(root: Path, sort_by: str | None, as_json: bool) -> None:
+    """The runs in DIR (default: runs), up to two folders deep: what sets each apart from its
+    preset's defaults, its best val and its test metrics (from `msgvip evaluate`), and mean ± std
+    over the seeds of each setting. A damaged run is listed with its problem."""
+    from .pipelines import runs as runs_mod
+
+    rows = runs_mod.list_runs(root)
+    if sort_by:
+        rows = runs_mod.sort_runs(rows, sort_by)
+    groups = runs_mod.group_by_seed(rows)
+    if as_json:
+        print_json(runs_mod.runs_json(rows, groups))
+        return
+    if runs_mod.shared_options_str(rows):
+        click.echo(f"all runs: {runs_mod.shared_options_str(rows)}")
+    print_table(*runs_mod.runs_table(rows))
+    if groups:
+        click.echo("over seeds (mean ± std):")
+        print_table(*runs_mod.groups_table(groups, runs_mod.shared_options(rows)))
+    click.echo(f"{len(rows)} runs in {root}, {sum(r.problem is not None for r in rows)} with a problem")
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split of the dataset both runs are scored on.")
+@cache_dir_option
+@click.option("--dataset", help="Dataset snapshot to score both runs on [default: the one each run was trained on].")
+@json_option
+@user_errors
+def compare(run_a: Path, run_b: Path, split: str, cache_dir: str | None, storage_options: dict, dataset: str | None, as_json: bool) -> None:
+    """Score two runs on the same clips and say whether B differs from A by more than those clips
+    can tell: a paired bootstrap (10,000 resamples) of B - A for Rank@1 and MRR."""
+    from .pipelines.runs import compare_runs, comparison_summary_str, comparison_table
+    from .pipelines.train import store_of_run
+
+    store_a, store_b = store_of_run(run_a, cache_dir, storage_options), store_of_run(run_b, cache_dir, storage_options)
+    result = compare_runs(run_a, run_b, store_a, split, dataset=dataset, store_b=store_b)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(comparison_summary_str(result))
+    print_table(*comparison_table(result))
+
+
+@main.group("import-checkpoint")
+def import_checkpoint() -> None:
+    """Turn a checkpoint of another trainer into an msgvip run directory (evaluate / predict take it)."""
+
+
+@import_checkpoint.command("svip")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--store", "store_ref", required=True, help="Store with appearance (--pooling cls) and svip_box features: fingerprint, unique prefix, or path.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory to write (must not hold a run).")
+@cache_dir_option
+@dataset_option
+@user_errors
+def import_svip(checkpoint: Path, store_ref: str, run_dir: Path, cache_dir: str | None, storage_options: dict, dataset: str | None) -> None:
+    """Import svip's last.pt / best.pt (github.com/yml2002/svip) as a run of the svip preset."""
+    from .ranker.svip_import import import_svip_checkpoint
+
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
+    out = import_svip_checkpoint(checkpoint, store, run_dir, dataset)
+    click.echo(f"imported {checkpoint} into {out} (model svip, store {store.fingerprint[:12]}); try `msgvip evaluate {out}`")
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    interval = metrics.get("intervals", {}).get(key)
+    return f"{metrics[key]:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def _print_metrics_table(result: dict) -> None:
     names = [n for n in ("model", "largest_box", "most_central") if n in result]
-    rows = [[n, result[n]["n"], *(f"{result[n][k]:.3f}" for k in ("rank@1", "rank@2", "rank@3", "mrr", "map"))] for n in names]
-    print_table(["", "CLIPS", "RANK@1", "RANK@2", "RANK@3", "MRR", "MAP"], rows)
-    by = result["model"]["by_persons"]
-    click.echo("model Rank@1 by persons: " + ", ".join(f"{k}: {v['rank@1']:.3f} (n={v['n']})" for k, v in by.items() if v["n"]))
+    columns = (("rank@1", True), ("rank@2", False), ("rank@3", False), ("mrr", True), ("map_trapezoid", False))
+    rows = [[n, result[n]["n"], *(_with_interval(result[n], k) if wide else f"{result[n][k]:.3f}" for k, wide in columns)] for n in names]
+    print_table(["", "CLIPS", "RANK@1 [95% CI]", "RANK@2", "RANK@3", "MRR [95% CI]", "mAP (trapezoid)"], rows)
+    click.echo("mAP (trapezoid): 1 at rank 1, else 1/(2r), as the important-people papers report it; the one-relevant-item AP (1/r) equals MRR")
+    model = result["model"]
+    for title, key in (("persons", "by_persons"), ("scene", "by_scene")):
+        parts = [f"{k}: {v['rank@1']:.3f} (n={v['n']})" for k, v in model.get(key, {}).items() if v["n"]]
+        if parts:
+            click.echo(f"model Rank@1 by {title}: " + ", ".join(parts))
 
 
 @main.group()

@@ -9,9 +9,9 @@ prediction never ask which one they hold.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,14 +23,14 @@ __all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "build_model", "preset_named",
 @dataclass(frozen=True)
 class Preset:
     name: str
-    module: str  # where the classes live, imported on first use
+    module: Callable[[], ModuleType]  # imports the module of the classes on first use
     config_class: str
     model_class: str
     families: tuple[str, ...] = ()  # what it consumes by default (empty: every family of the store)
     about: str = ""
 
     def _attr(self, name: str):
-        return getattr(importlib.import_module(self.module, __package__), name)
+        return getattr(self.module(), name)
 
     @property
     def config(self) -> type:
@@ -43,14 +43,27 @@ class Preset:
     @property
     def train_defaults(self) -> Mapping:
         """TrainConfig values this model's authors train with; a config file or flag overrides them."""
-        return getattr(importlib.import_module(self.module, __package__), "TRAIN_DEFAULTS", {})
+        return getattr(self.module(), "TRAIN_DEFAULTS", {})
+
+
+def _model() -> ModuleType:
+    from . import model
+
+    return model
+
+
+def _svip() -> ModuleType:
+    from . import svip
+
+    return svip
 
 
 DEFAULT_PRESET = "msgvip"
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("msgvip", ".model", "RankerConfig", "ImportanceRanker", about="GATv2 per frame + temporal Transformer + event token + dual head"),
+        Preset("msgvip", _model, "RankerConfig", "ImportanceRanker", about="GATv2 per frame + temporal Transformer + event token + dual head"),
+        Preset("svip", _svip, "SvipConfig", "SvipRanker", families=("appearance", "svip_box"), about="the user's svip ranker (yml2002/svip@26674fd)"),
     )
 }
 

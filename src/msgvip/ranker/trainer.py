@@ -147,7 +147,8 @@ def baseline_metrics(data: StoreDataset, batch_size: int = 64) -> dict:
 
 def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
     """Metrics of ``scores`` and of the two heuristic baselines on the same clips."""
-    return {"model": ranking_metrics(scores, data.targets.numpy(), data.valid_slots().numpy()), **baseline_metrics(data)}
+    target, valid = data.targets.numpy(), data.valid_slots().numpy()
+    return {"model": ranking_metrics(scores, target, valid, scenes=[e.scene for e in data.entries]), **baseline_metrics(data)}
 
 
 def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_name: str | None = None) -> None:
@@ -270,6 +271,12 @@ def train(
                 f"{sum(map(len, leaks.values()))} pairs in all; see `msgvip cache info {store.fingerprint[:12]}`); fix the data, or pass --allow-duplicates"
             )
         unmatched = unmatched_labels(snapshot, labels)
+        preset = preset_of(model_config)
+        if families is None and preset.families:  # what the preset consumes, e.g. svip: DINOv2 CLS + its own box geometry
+            missing = sorted(set(preset.families) - set(store.families))
+            if missing:
+                raise ConfigError(f"{store.location}: model {preset.name!r} needs feature families {list(preset.families)}; the store lacks {missing} (extract with --features {','.join(preset.families)})")
+            families = list(preset.families)
         train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels, snapshot.name)
         val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels, snapshot.name)
         if not len(train_data) or not len(val_data):
@@ -287,7 +294,7 @@ def train(
         steps_per_epoch = math.ceil(math.ceil(len(train_data) / runtime.world_size) / cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
         config_record = {
-            "train": asdict(cfg), "model_preset": preset_of(model_config).name, "model": model_config.to_dict(), "families": train_data.families,
+            "train": asdict(cfg), "model_preset": preset.name, "model": model_config.to_dict(), "families": train_data.families,
             "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
             "unmatched_labels": unmatched,
@@ -357,7 +364,7 @@ def train(
             row = {
                 "epoch": epoch + 1, "train_loss": runtime.mean(float(np.mean(losses))),
                 "train_rank@1": runtime.mean(hits / max(counted, 1)), "val_loss": val_loss,
-                "val_rank@1": val["rank@1"], "val_rank@3": val["rank@3"], "val_mrr": val["mrr"], "val_map": val["map"],
+                "val_rank@1": val["rank@1"], "val_rank@3": val["rank@3"], "val_mrr": val["mrr"], "val_map_trapezoid": val["map_trapezoid"],
                 "lr": scheduler.get_last_lr()[0], "seconds": seconds, "data_wait_fraction": runtime.mean(wait / seconds),
             }  # fmt: skip
             history.append(row)

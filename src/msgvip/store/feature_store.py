@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
@@ -110,6 +111,11 @@ def _compressors(dtype: np.dtype) -> list:
     return [blosc, Crc32cCodec()]
 
 
+def _group_document(attributes: Mapping) -> bytes:
+    """A Zarr v3 group's zarr.json."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}, indent=2).encode()
+
+
 def new_segment_id() -> str:
     """Time-ordered and unique across hosts: newest records sort last."""
     return f"{time.time_ns():016x}-{secrets.token_hex(4)}"
@@ -169,8 +175,10 @@ class FeatureStore:
                 "fingerprint": fp, "config": dict(config), "settings": dict(settings or {}), "schema_version": SCHEMA_VERSION,
                 "arrays": [a.to_json() for a in arrays], "created_at": time.time(), "versions": _package_versions(),
             }  # fmt: skip
-            group = zarr.open_group(store=storage.zarr_store_at(f"{fp}/{ZARR_DIR}"), mode="a", zarr_format=3)
-            group.attrs["msgvip"] = meta  # a copy for plain-Zarr readers; meta.json is what msgvip trusts
+            # the Zarr group's document, written whole (an atomic write, where zarr's open_group would
+            # fail with ContainsGroupError if an extract racing this one made the group first); its
+            # attributes hold a copy of meta.json for plain-Zarr readers, meta.json is what msgvip trusts
+            storage.write(f"{fp}/{ZARR_DIR}/zarr.json", _group_document({"msgvip": meta}))
             storage.write(f"{fp}/{META_FILE}", seal(meta))  # last: its presence means the store exists
         store = cls.open_in(storage, fp)
         store._repair_group_documents()
@@ -194,8 +202,7 @@ class FeatureStore:
             except (TypeError, ValueError, KeyError):
                 intact = False
             if not intact:
-                group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
-                self.storage.write(key, json.dumps(group, indent=2).encode())
+                self.storage.write(key, _group_document(attributes))
 
     @classmethod
     def open_in(cls, storage: Storage, fp: str, refresh: bool = True) -> FeatureStore:
@@ -288,7 +295,7 @@ class FeatureStore:
                     zarr_format=3,
                 )  # fmt: skip
             else:
-                handle = zarr.open_array(store=self._zarr, path=path, mode="r")
+                handle = zarr.open_array(store=self._zarr, path=path, mode="r", zarr_format=3)
             self._arrays[(segment, spec.name)] = handle
         return handle
 
@@ -333,26 +340,21 @@ class FeatureStore:
         return {n: np.concatenate(p) if p else np.zeros((0, *specs[n].shape), specs[n].dtype) for n, p in parts.items()}
 
     def _read_arrays(self, segment: str, specs: Sequence[ArraySpec], lo: int, hi: int) -> list[np.ndarray | Exception]:
-        """Rows lo:hi of several arrays of a segment, read concurrently in one round trip to
-        zarr's I/O loop (their chunks decode in parallel); an array that fails gives its error."""
+        """Rows lo:hi of several arrays of a segment, opened and read concurrently in one round
+        trip to zarr's I/O loop (their chunks decode in parallel); an array that fails gives its error."""
 
-        arrays: list[zarr.Array | Exception] = []
-        for spec in specs:
+        async def read(spec: ArraySpec):
             try:
-                arrays.append(self._array(segment, spec))  # opening reads the array's zarr.json
-            except Exception as err:  # a missing or damaged array: handed back like a failed read
-                arrays.append(err)
-
-        async def read(array):
-            if isinstance(array, Exception):
-                return array
-            try:
-                return await array._async_array.getitem(slice(lo, hi))
-            except Exception as err:  # handed back: the caller tells damage from an unreachable store
+                handle = self._arrays.get((segment, spec.name))
+                if handle is None:  # opening reads the array's zarr.json
+                    opened = await zarr.api.asynchronous.open_array(store=self._zarr, path=f"{SEGMENTS}/{segment}/{spec.name}", mode="r", zarr_format=3)
+                    handle = self._arrays[(segment, spec.name)] = zarr.Array(opened)
+                return await handle._async_array.getitem(slice(lo, hi))
+            except Exception as err:  # a missing or damaged array, a failed read: the caller tells damage from an unreachable store
                 return err
 
         async def read_all():
-            return await asyncio.gather(*(read(a) for a in arrays))
+            return await asyncio.gather(*(read(spec) for spec in specs))
 
         return sync(read_all())
 

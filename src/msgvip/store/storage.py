@@ -5,6 +5,8 @@ classes (``LocalStore`` on disk, ``FsspecStore`` for ``s3://`` and the like), so
 object storage share one code path. The protocol above it needs only what both offer: a write of
 one key is atomic (zarr's LocalStore writes a temporary file and renames it; an object PUT is
 atomic), keys can be listed by prefix, and a key can be deleted. No appends, no renames, no locks.
+On local disk, reads and listings of whole keys go to the file system directly: the same bytes,
+without a hop to zarr's I/O thread per call (opening a store reads and lists several documents).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Storage:
 
     def read(self, key: str) -> bytes | None:
         """The bytes at ``key``, or None when there is no such key."""
+        if self.local_path is not None:
+            return _read_file(self.local_path / key)
         buffer = self._sync(self.zarr_store.get(key, prototype=default_buffer_prototype()), key)
         return None if buffer is None else buffer.to_bytes()
 
@@ -81,6 +85,8 @@ class Storage:
         """The bytes of each of ``keys`` in order (None where missing), up to ``concurrency`` reads
         at a time: on object storage every read is a round trip, and opening a store reads each
         of its commit records."""
+        if self.local_path is not None:
+            return [_read_file(self.local_path / key) for key in keys]
 
         async def read_all() -> list:
             limit = asyncio.Semaphore(concurrency)
@@ -105,10 +111,21 @@ class Storage:
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (recursively), sorted."""
+        if self.local_path is not None:
+            top = self.local_path / prefix
+            return sorted(
+                os.path.relpath(os.path.join(folder, name), self.local_path).replace(os.sep, "/")
+                for folder, _, names in os.walk(top) for name in names
+            )  # fmt: skip
         return sorted(self._sync(_collect(self.zarr_store.list_prefix(prefix)), prefix))
 
     def list_dir(self, prefix: str) -> list[str]:
         """Names directly under ``prefix`` (files and folders), sorted."""
+        if self.local_path is not None:
+            try:
+                return sorted(os.listdir(self.local_path / prefix))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
         return sorted(self._sync(_collect(self.zarr_store.list_dir(prefix.rstrip("/"))), prefix))
 
     def _sync(self, awaitable, key: str):
@@ -129,6 +146,13 @@ class Storage:
         except FileNotFoundError:
             return 0
         return sum(int(info.get("size") or 0) for info in found.values())
+
+
+def _read_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
 
 
 def _directory_size(path: Path) -> int:
