@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -245,6 +245,8 @@ def train(
     max_epochs_this_call: int | None = None,
     dataset: str | None = None,
     allow_duplicates: bool = False,
+    splits: tuple[StoreDataset, StoreDataset] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainSummary:
     """Train on the train split of a dataset snapshot of the store (``dataset``, default its only
     one), select on its val split; see the module docstring. ``model_config`` is the config of a
@@ -252,7 +254,10 @@ def train(
     in two splits is refused unless ``allow_duplicates``.
 
     ``max_epochs_this_call`` stops after that many epochs without marking the run finished
-    (used to test that a resumed run matches an uninterrupted one).
+    (used to test that a resumed run matches an uninterrupted one). ``splits`` hands in the
+    (train, val) datasets already read, so several runs in one process read the store once (a
+    sweep); ``on_epoch(row)`` sees each epoch's metrics row after it is saved, and may raise to
+    stop the run (a pruned trial).
     """
     from tqdm import tqdm
 
@@ -277,8 +282,11 @@ def train(
             if missing:
                 raise ConfigError(f"{store.location}: model {preset.name!r} needs feature families {list(preset.families)}; the store lacks {missing} (extract with --features {','.join(preset.families)})")
             families = list(preset.families)
-        train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels, snapshot.name)
-        val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels, snapshot.name)
+        if splits is not None:
+            train_data, val_data = splits
+        else:
+            train_data = StoreDataset(store, cfg.train_split, families, cfg.in_memory, labels, snapshot.name)
+            val_data = StoreDataset(store, cfg.val_split, train_data.families, cfg.in_memory, labels, snapshot.name)
         if not len(train_data) or not len(val_data):
             raise ConfigError(f"{store.location}: dataset {snapshot.name!r} needs clips in splits {cfg.train_split!r} and {cfg.val_split!r}; has {snapshot.splits()}")
         # The frame embedding must cover the longest clip of the dataset, in any split, so
@@ -380,6 +388,8 @@ def train(
                 if improved:
                     _save(run_dir / "best.pt", state)
                 _write_metrics(run_dir, history)
+                if on_epoch is not None:
+                    on_epoch(row)
                 if progress:
                     print(f"epoch {epoch + 1}: loss {row['train_loss']:.3f}  val Rank@1 {val['rank@1']:.3f}  MRR {val['mrr']:.3f}  ({seconds:.1f} s)", flush=True)
 
