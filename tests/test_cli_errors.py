@@ -92,6 +92,8 @@ COMMANDS = {
     ("cache", "gc"): (["cache", "gc", "--keep-last", "1"], "msgvip.store.cache.scan_cache"),
     ("cache", "pin"): (["cache", "pin", "abcd"], "msgvip.store.cache.resolve_store"),
     ("cache", "unpin"): (["cache", "unpin", "abcd"], "msgvip.store.cache.resolve_store"),
+    ("show",): (["show", "{tmp}", "worst:1"], "msgvip.pipelines.train.store_of_run"),
+    ("report",): (["report", "{tmp}"], "msgvip.pipelines.train.store_of_run"),
     ("probe",): (["probe", "--store", "abcd"], "msgvip.store.cache.resolve_store"),
     ("runs", "ls"): (["runs", "ls", "{tmp}"], "msgvip.pipelines.runs.list_runs"),
     ("compare",): (["compare", "{tmp}", "{tmp}"], "msgvip.pipelines.train.store_of_run"),

@@ -152,3 +152,20 @@ def test_label_and_split_overrides_from_a_manifest(store, tmp_path):
     by_id.write_text(f"clip_id,target\n{second.key},-1\n")
     relabeled = StoreDataset(store, "train", labels=read_label_overrides(by_id))
     assert int(relabeled.targets[[e.key for e in relabeled.entries].index(second.key)]) == -1
+
+
+def test_tensorboard_logger_writes_what_metrics_csv_holds(store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from msgvip.ranker.loggers import scalar_tag
+
+    train(store, tmp_path / "run", TrainConfig(epochs=3, batch_size=4, logger="tensorboard"), SMALL_MODEL, progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == sorted(scalar_tag(c) for c in rows[0] if c != "epoch")
+    for column in rows[0]:
+        if column != "epoch":
+            got = [(s.step, s.value) for s in events.Scalars(scalar_tag(column))]
+            assert got == [(int(r["epoch"]), pytest.approx(float(r[column]), rel=1e-6)) for r in rows], column

@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import math
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -209,6 +210,7 @@ def demo(out: Path) -> None:
     click.echo(f"\ntest split, {result.test['clips']} clips:")
     _print_metrics_table(result.test)
     click.echo(f"\ndone in {result.seconds:.0f} s: clips in {out / 'data'}, store {result.extract.store}, run in {result.run_dir}")
+    click.echo(f"report: {result.report}  (open it in a browser)")
     click.echo(f"next: msgvip cache ls --cache-dir {out / 'cache'}   |   msgvip evaluate {result.run_dir} --split val")
 
 
@@ -352,13 +354,14 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--device", help="cpu, cuda or auto [default: auto].")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs [default: 8].")
 @click.option("--in-memory", type=click.Choice(["auto", "yes", "no"]), help="Hold the splits in RAM or stream them [default: auto].")
+@click.option("--logger", type=click.Choice(["csv", "tensorboard"]), help="csv: metrics.csv only; tensorboard: also scalars in RUN/tb/ for `tensorboard --logdir` [default: csv].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out: its checkpoints, metrics and predictions are removed first.")
 @dataset_option
 @click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
 @user_errors
-def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, labels,
+def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, logger, labels,
           resume, overwrite, dataset, allow_duplicates, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
@@ -371,7 +374,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
         raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; pass one")
     if store_ref is not None:
         _refuse_extraction_flags(model_fields)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger}
     train_config, model_config = _train_configs(config_file, overrides, preset)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
@@ -381,6 +384,9 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
     # torchrun rank may get here, and none writes before all have (the process group waits for them)
     for path in earlier:
         path.unlink(missing_ok=True)
+    if earlier:  # the replaced run's events and diagnostics would otherwise show as the new run's
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        shutil.rmtree(run_dir / "records", ignore_errors=True)
     run_dir = run_dir or _default_run_dir(store.fingerprint)
     summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume,
                         dataset=dataset, allow_duplicates=allow_duplicates)  # fmt: skip
@@ -440,6 +446,48 @@ def predict(run_dir: Path, data_or_store: str, out: Path, split: str | None, cac
     store, dataset = store_for_prediction(run_dir, data_or_store, cache_dir, storage_options=storage_options, dataset=dataset)
     count = predict_run(run_dir, store, out, split, dataset=dataset)
     click.echo(f"ranked {count} clips -> {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("clip")
+@click.option("--split", help="Only clips of this split [default: any split for a clip id or hash; test for worst:N / best:N].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help=".png contact sheet, or .gif / .mp4 of the whole clip [default: RUN_DIR/show/<CLIP>.png].")
+@click.option("--frames", default=8, show_default=True, help="Frames on a .png contact sheet, evenly spaced.")
+@click.option("--fps", default=8.0, show_default=True, help="Frames per second of a .gif or .mp4.")
+@cache_dir_option
+@user_errors
+def show(run_dir: Path, clip: str, split: str | None, out: Path | None, frames: int, fps: float, cache_dir: str | None, storage_options: dict) -> None:
+    """Draw CLIP as the run's best model ranks it: boxes coloured by score, ranks, the labeled
+    target ringed, the model's top-1 starred. CLIP is a clip id (e.g. test/clip_00012), a
+    content-hash prefix, or worst:N / best:N (the N clips where the target ranked lowest / highest)."""
+    from .pipelines.train import store_of_run
+    from .views import show_clip
+    from .views.show import default_out
+
+    rendered = show_clip(run_dir, clip, out or default_out(run_dir, clip), split=split, frames=frames,
+                         store=store_of_run(run_dir, cache_dir, storage_options), fps=fps)  # fmt: skip
+    for c in rendered.clips:
+        verdict = "unlabeled" if c.correct is None else "right" if c.correct else f"wrong: target ranked {c.target_rank} of {len(c.ranks)}"
+        click.echo(f"{c.clip_id} (scene {c.scene or '-'}): {verdict}")
+    click.echo(f"wrote {rendered.path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Folder for index.html and its figures [default: RUN_DIR/report].")
+@click.option("--split", default="test", show_default=True, help="Split the metrics, breakdowns and gallery are about.")
+@cache_dir_option
+@user_errors
+def report(run_dir: Path, out_dir: Path | None, split: str, cache_dir: str | None, storage_options: dict) -> None:
+    """Write one static HTML page about a run (metrics with intervals beside the heuristics,
+    learning curves, breakdowns, rank of the target, worst mistakes, config); it opens from the
+    file system in any browser, offline."""
+    from .pipelines.train import store_of_run
+    from .views import write_report
+
+    path = write_report(run_dir, out_dir, store=store_of_run(run_dir, cache_dir, storage_options), split=split)
+    click.echo(f"report: {path}")
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """`msgvip demo`: the whole chain on synthetic clips, in a few minutes on a laptop CPU.
 
 demo data -> extraction into a store -> training -> evaluation on the test split, with the
-model's metrics printed beside the two heuristic baselines.
+model's metrics printed beside the two heuristic baselines -> the run's HTML report.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from ..config import ExtractConfig
 from ..data.synthetic import DemoDataConfig, write_demo_data
 from ..ranker import RankerConfig, TrainConfig, evaluate_run, train
 from ..store.feature_store import FeatureStore
+from ..views import write_report
 from .extract import ExtractSummary, run_extract
 
 DEMO_FEATURES = ("appearance", "face", "geometry", "pose")
@@ -29,6 +30,7 @@ class DemoResult:
     run_dir: Path
     val: dict  # best epoch's validation metrics, with the baselines
     test: dict
+    report: Path  # the run's HTML report (index.html)
     seconds: float
 
 
@@ -39,7 +41,7 @@ def run_demo(out: Path, features: tuple[str, ...] = DEMO_FEATURES, data: DemoDat
     start = time.perf_counter()
     out = Path(out)
     say = print if progress else (lambda *a, **k: None)
-    say(f"[1/4] synthetic clips -> {out / 'data'}")
+    say(f"[1/5] synthetic clips -> {out / 'data'}")
     write_demo_data(out / "data", data, progress=progress)
     config = ExtractConfig(features=features)
     if set(features) - {"geometry"}:
@@ -49,12 +51,14 @@ def run_demo(out: Path, features: tuple[str, ...] = DEMO_FEATURES, data: DemoDat
         config = ExtractConfig(features=features, crop_size=DEMO_CROP_SIZE, backbone=str(models["backbone"]), pose_model=str(models["pose_model"]))
         say(f"      NOTE: the demo backbones in {out / 'models'} are tiny and RANDOMLY initialised (no download);")
         say("      their features are real computations but carry no pretrained knowledge. Use --backbone for real runs.")
-    say(f"[2/4] extract {','.join(features)} -> {out / 'cache'}")
+    say(f"[2/5] extract {','.join(features)} -> {out / 'cache'}")
     summary = run_extract(out / "data", config, cache_dir=out / "cache", progress=progress)
     store = FeatureStore.open(Path(summary.store))
     say(f"      store {summary.fingerprint[:12]}: {summary.written} clips extracted, {summary.cached} cached")
-    say(f"[3/4] train the ranker -> {out / 'run'}")
+    say(f"[3/5] train the ranker -> {out / 'run'}")
     trained = train(store, out / "run", training, model, progress=progress)
-    say("[4/4] evaluate on the test split")
+    say("[4/5] evaluate on the test split")
     test = evaluate_run(out / "run", store, "test")
-    return DemoResult(out, summary, out / "run", trained.val, test, time.perf_counter() - start)
+    say(f"[5/5] report -> {out / 'run' / 'report'}")
+    report = write_report(out / "run", store=store)
+    return DemoResult(out, summary, out / "run", trained.val, test, report, time.perf_counter() - start)

@@ -58,12 +58,19 @@ def _svip() -> ModuleType:
     return svip
 
 
+def _rgt() -> ModuleType:
+    from . import rgt
+
+    return rgt
+
+
 DEFAULT_PRESET = "msgvip"
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("msgvip", _model, "RankerConfig", "ImportanceRanker", about="GATv2 per frame + temporal Transformer + event token + dual head"),
         Preset("svip", _svip, "SvipConfig", "SvipRanker", families=("appearance", "svip_box"), about="the user's svip ranker (yml2002/svip@26674fd)"),
+        Preset("rgt", _rgt, "RgtConfig", "RelationalGraphTemporalRanker", about="rule edges (spatial, attention, synchronization) + relation-typed GATv2 + GRU memory (reference 000)"),
     )
 }
 
@@ -84,4 +91,5 @@ def preset_of(config: object) -> Preset:
 
 
 def build_model(config: object, feature_dims: Mapping[str, int]) -> nn.Module:
+    """The preset's model; inputs it cannot take (e.g. rgt without geometry) are a ValueError naming them."""
     return preset_of(config).model(config, dict(feature_dims))

@@ -34,6 +34,7 @@ from .model import RankerConfig
 from .presets import DEFAULT_PRESET, build_model, preset_named, preset_of
 
 CHECKPOINT_VERSION = 1
+LOGGERS = ("csv", "tensorboard")  # TrainConfig.logger
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TrainConfig:
     in_memory: str = "auto"
     train_split: str = "train"
     val_split: str = "val"
+    logger: str = "csv"  # metrics.csv is always written; "tensorboard" also writes RUN/tb/ event files
 
 
 def build_config(cls, values: Mapping, source: str):
@@ -68,6 +70,7 @@ def build_config(cls, values: Mapping, source: str):
     for key, value in values.items():
         default = getattr(defaults, key)
         ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        ok = ok or (isinstance(default, tuple) and isinstance(value, list))  # TOML and JSON have no tuples; the config converts
         if not ok and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{source}: {cls.__name__}.{key} must be {type(default).__name__}, got {value!r}")
     try:
@@ -265,6 +268,8 @@ def train(
     runtime = Runtime.setup(train_config.device)
     run_dir = Path(run_dir)
     cfg = train_config
+    if cfg.logger not in LOGGERS:
+        raise ConfigError(f"train.logger must be one of {list(LOGGERS)}, got {cfg.logger!r}")
     with store.lease():
         store.touch()
         snapshot = store.resolve_dataset(dataset)
@@ -296,7 +301,10 @@ def train(
             model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
 
         torch.manual_seed(cfg.seed)
-        model = build_model(model_config, train_data.feature_dims).to(runtime.device)
+        try:
+            model = build_model(model_config, train_data.feature_dims).to(runtime.device)
+        except ValueError as err:
+            raise ConfigError(f"{store.location}: {err}") from None
         loss_terms = model.loss_terms  # kept before a DDP wrap hides it
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(math.ceil(len(train_data) / runtime.world_size) / cfg.batch_size)
@@ -308,6 +316,7 @@ def train(
             "unmatched_labels": unmatched,
         }  # fmt: skip
         history: list[dict] = []
+        graph_history: list[dict] = []  # per-epoch diagnostics of models that keep them (rgt), records/graph_stats.csv
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
         first_epoch = 0
         if resume and (run_dir / "latest.pt").exists():
@@ -319,6 +328,7 @@ def train(
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
             history, best, first_epoch = state["history"], state["best"], state["epoch"] + 1
+            graph_history = state.get("graph_history", [])
         if runtime.world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(model)
         if runtime.is_main:
@@ -326,6 +336,13 @@ def train(
             (run_dir / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True) + "\n")
         baselines = baseline_metrics(val_data)  # once: they do not change between epochs
 
+        tensorboard = None
+        if cfg.logger == "tensorboard" and runtime.is_main:
+            from .loggers import TensorBoardLogger
+
+            # on a resume, events a crashed run wrote past its last checkpoint are hidden
+            tensorboard = TensorBoardLogger(run_dir, purge_step=first_epoch + 1 if first_epoch else None)
+        diagnostics = getattr(model.module if hasattr(model, "module") else model, "diagnostics", None)
         last_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, first_epoch + max_epochs_this_call)
         stopped_early = False
         for epoch in range(first_epoch, last_epoch):
@@ -362,6 +379,9 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.close()
+            graph_stats = diagnostics() if diagnostics is not None else {}
+            if graph_stats:
+                graph_history.append({"epoch": epoch + 1, **graph_stats})
             scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp)
             valid_val = val_data.valid_slots()
             val = ranking_metrics(scores, val_data.targets.numpy(), valid_val.numpy())
@@ -383,16 +403,23 @@ def train(
                     "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _plain_state_dict(model),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                     "config": config_record, "fingerprint": store.fingerprint, "history": history, "best": best, "val": val,
+                    "graph_history": graph_history,
                 }  # fmt: skip
                 _save(run_dir / "latest.pt", state)
                 if improved:
                     _save(run_dir / "best.pt", state)
                 _write_metrics(run_dir, history)
+                if graph_history:
+                    _write_csv(run_dir / "records" / "graph_stats.csv", graph_history)
+                if tensorboard is not None:
+                    tensorboard.log_epoch(row, step=row["epoch"])
                 if on_epoch is not None:
                     on_epoch(row)
                 if progress:
                     print(f"epoch {epoch + 1}: loss {row['train_loss']:.3f}  val Rank@1 {val['rank@1']:.3f}  MRR {val['mrr']:.3f}  ({seconds:.1f} s)", flush=True)
 
+        if tensorboard is not None:
+            tensorboard.close()
         finished = max_epochs_this_call is None or last_epoch >= cfg.epochs or stopped_early
         best_val = {}
         if finished and runtime.is_main and (run_dir / "best.pt").exists():
@@ -413,10 +440,15 @@ def train(
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+    _write_csv(run_dir / "metrics.csv", history)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
 
 
 def _plot_curves(run_dir: Path, history: list[dict]) -> None:
