@@ -169,3 +169,18 @@ def test_tensorboard_logger_writes_what_metrics_csv_holds(store, tmp_path):
         if column != "epoch":
             got = [(s.step, s.value) for s in events.Scalars(scalar_tag(column))]
             assert got == [(int(r["epoch"]), pytest.approx(float(r[column]), rel=1e-6)) for r in rows], column
+
+
+def test_packed_batches_hold_the_padded_rows_and_score_the_same(store):
+    from msgvip.ranker import ImportanceRanker
+
+    data = StoreDataset(store, "train", in_memory="yes")
+    model = ImportanceRanker(SMALL_MODEL, data.feature_dims).eval()
+    dense = data.batches(5, permute_slots=True, seed=1, prefetch=0)
+    packed = data.batches(5, permute_slots=True, seed=1, prefetch=0, packed=True)
+    for padded, rows in zip(dense, packed, strict=True):
+        assert torch.equal(padded.person_mask, rows.person_mask) and torch.equal(padded.target, rows.target)
+        for name, values in rows.features.items():
+            assert torch.equal(values, padded.features[name][padded.person_mask])  # (b, t, n) order
+        with torch.no_grad():
+            torch.testing.assert_close(model(rows.features, rows.person_mask), model(padded.features, padded.person_mask))

@@ -33,7 +33,9 @@ class LabelError(ConfigError):
 
 @dataclass
 class ClipBatch:
-    features: dict[str, torch.Tensor]  # name -> (B, T, N, D)
+    # name -> (B, T, N, D) padded, or (V, D) packed: the valid person-frames in the row-major
+    # (b, t, n) order of person_mask.nonzero(), so a model needs no padded copy
+    features: dict[str, torch.Tensor]
     person_mask: torch.Tensor  # (B, T, N) bool
     target: torch.Tensor  # (B,) long, -1 = unlabeled
     index: torch.Tensor  # (B,) position of each clip in its dataset's ``entries``
@@ -197,8 +199,9 @@ class StoreDataset:
         """Indices into the in-RAM rows of the clips at ``positions``, in order."""
         return np.concatenate([np.arange(self.starts[p], self.starts[p] + self.lengths[p]) for p in positions]) if len(positions) else np.arange(0)
 
-    def _batch(self, positions: np.ndarray, rows: dict[str, torch.Tensor], permute: torch.Generator | None) -> ClipBatch:
-        """Pad the packed rows of ``positions`` to (B, T, N, D), T and N the largest of these clips."""
+    def _batch(self, positions: np.ndarray, rows: dict[str, torch.Tensor], permute: torch.Generator | None, packed: bool) -> ClipBatch:
+        """The rows of the clips at ``positions``: packed in (b, t, n) order, or padded to
+        (B, T, N, D) with T and N the largest of these clips."""
         index = torch.from_numpy(positions)
         records = [self.records[p] for p in positions]
         b, t, n = len(positions), max(r.frames for r in records), max(r.persons for r in records)
@@ -213,6 +216,9 @@ class StoreDataset:
             target = torch.where(target >= 0, new_slot.gather(1, target.clamp(min=0)[:, None])[:, 0], target)
         mask = torch.zeros(b, t, n, dtype=torch.bool)
         mask[clip, frame, slot] = True
+        if packed:
+            order = torch.argsort((clip * t + frame) * n + slot)  # stored (frame, slot) order, slots permuted -> (b, t, n)
+            return ClipBatch({f: rows[f][order] for f in self.families}, mask, target, index, slot_order)
         features = {}
         for f in self.families:
             dense = rows[f].new_zeros(b, t, n, rows[f].shape[1])  # (B, T, N, D)
@@ -241,15 +247,17 @@ class StoreDataset:
         world_size: int = 1,
         window_clips: int = 256,
         prefetch: int = 3,
+        packed: bool = False,
     ) -> Iterator[ClipBatch]:
         """Batches of whole clips (see :meth:`epoch_order`), assembled ``prefetch`` batches ahead by
         a background thread (and streamed windows read one window ahead), so the training loop
         only dequeues. With ``world_size`` > 1 each rank takes every world_size-th clip (padded by
-        repetition so all ranks take the same number of steps)."""
-        batches = self._batches(batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips)
+        repetition so all ranks take the same number of steps). ``packed`` gives features as the
+        valid rows only (see :class:`ClipBatch`), for models that take them."""
+        batches = self._batches(batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips, packed)
         return _in_background(batches, prefetch) if prefetch else batches
 
-    def _batches(self, batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips) -> Iterator[ClipBatch]:
+    def _batches(self, batch_size, shuffle, permute_slots, seed, rank, world_size, window_clips, packed) -> Iterator[ClipBatch]:
         g = torch.Generator().manual_seed(seed)
         windows = self.epoch_order(shuffle, g, window_clips)
         order = np.concatenate(windows) if windows else np.arange(0)
@@ -261,7 +269,7 @@ class StoreDataset:
         if self._cache is not None:
             for positions in batches:
                 rows = torch.from_numpy(self._rows_of(positions))
-                yield self._batch(positions, {k: v[rows] for k, v in self._cache.items()}, permute)
+                yield self._batch(positions, {k: v[rows] for k, v in self._cache.items()}, permute, packed)
             return
         # Streamed: read a window of batches at once, one window ahead of the loop.
         per_window = max(1, window_clips // batch_size)
@@ -275,7 +283,7 @@ class StoreDataset:
                 start = 0
                 for positions in group:
                     length = sum(self.records[p].length for p in positions)
-                    yield self._batch(positions, {k: v[start : start + length] for k, v in data.items()}, permute)
+                    yield self._batch(positions, {k: v[start : start + length] for k, v in data.items()}, permute, packed)
                     start += length
 
     def valid_slots(self) -> torch.Tensor:

@@ -60,6 +60,20 @@ class RankerConfig:
     pool_heads: int = 4  # heads of the attention pooling over time
     dual_head: bool = True  # self + relation scores mixed by a sigmoid gate; else self only
     relation_heads: int = 4
+    # Per-person track statistics beside the attention pooling: presence fraction, first and last
+    # frame, mean and max of the node features. Attention pooling averages frames away, so on its
+    # own it cannot see how long or when a person is there (a probe on such statistics beat it).
+    track_stats: bool = True
+    # A linear score on each person's standardised mean inputs, their difference from the clip's
+    # mean and the presence statistics, added to the logit: the model contains the linear probe,
+    # so depth has to earn its keep on top of it.
+    linear_skip: bool = True
+    # The skip path also learns on its own (cross-entropy of its score alone, this weight), so it
+    # stays a fitted probe even once the deep path has memorised the training clips.
+    skip_loss_weight: float = 1.0
+    # In training, each family of each clip is left out of the fusion with this probability (never
+    # all of one clip's): a noisy family cannot carry the fit alone (sum fusion only).
+    family_dropout: float = 0.0
     dropout: float = 0.1  # on activations (fusion, GAT, Transformer, heads)
     attention_dropout: float = 0.0  # on GATv2 attention coefficients
 
@@ -86,7 +100,9 @@ class RankerConfig:
         for name in ("gat_layers", "temporal_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RankerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("dropout", "attention_dropout"):
+        if self.skip_loss_weight < 0:
+            raise ValueError(f"RankerConfig.skip_loss_weight must be >= 0, got {self.skip_loss_weight}")
+        for name in ("dropout", "attention_dropout", "family_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"RankerConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -249,7 +265,9 @@ class ImportanceRanker(nn.Module):
 
     Shapes:
         - **input:** ``features[name]`` :math:`(B, T, N, D_{name})` float (float16 allowed; cast
-          to the parameter dtype), ``person_mask`` :math:`(B, T, N)` bool.
+          to the parameter dtype), or packed :math:`(V, D_{name})`: the valid person-frames in the
+          row-major order of ``person_mask.nonzero()`` (no padded copy is built; see
+          ``StoreDataset.batches(packed=True)``); ``person_mask`` :math:`(B, T, N)` bool.
         - **output:** logits :math:`(B, N)` float32. Slots valid in no frame of the clip get
           :data:`INVALID_LOGIT` (``-inf``). Values of ``features`` at invalid person-frames are
           never read.
@@ -264,6 +282,8 @@ class ImportanceRanker(nn.Module):
         >>> model({"geometry": torch.randn(2, 10, 5, 18)}, mask).shape
         torch.Size([2, 5])
     """
+
+    accepts_packed = True  # features may come as (V, D) valid rows
 
     def __init__(self, config: RankerConfig | None = None, feature_dims: dict[str, int] | None = None) -> None:
         super().__init__()
@@ -317,6 +337,12 @@ class ImportanceRanker(nn.Module):
             nn.Linear(H, H), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(H, 1)
         )
         self.relation = _RelationHead(H, config.relation_heads, config.dropout) if config.dual_head else None
+        self.stats = nn.Linear(2 * H + 3, H) if config.track_stats else None
+        raw_dims = sum(self.feature_dims.values())
+        self.skip_norm = nn.BatchNorm1d(2 * raw_dims + 3, affine=False) if config.linear_skip else None
+        self.skip = nn.Linear(2 * raw_dims + 3, 1) if config.linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)  # starts as the plain model; the data decides how much to lean on it
 
     def forward(self, features: dict[str, Tensor], person_mask: Tensor) -> Tensor:
         if person_mask.dim() != 3:
@@ -330,22 +356,27 @@ class ImportanceRanker(nn.Module):
         missing = [k for k in self.feature_dims if k not in features]
         if missing:
             raise KeyError(f"features lacks {missing}; the model was built for {list(self.feature_dims)}")
-        for name, dim in self.feature_dims.items():
-            if tuple(features[name].shape) != (B, T, N, dim):
-                raise ValueError(
-                    f"features[{name!r}] has shape {tuple(features[name].shape)}, "
-                    f"expected (B, T, N, {dim}) = {(B, T, N, dim)} from person_mask"
-                )
         mask = person_mask.to(torch.bool)
+        packed = all(features[name].dim() == 2 for name in self.feature_dims)
+        V = int(mask.sum()) if packed else None
+        for name, dim in self.feature_dims.items():
+            expected = (V, dim) if packed else (B, T, N, dim)
+            if tuple(features[name].shape) != expected:
+                raise ValueError(
+                    f"features[{name!r}] has shape {tuple(features[name].shape)}, expected {expected} from person_mask "
+                    "((B, T, N, D) padded, or (V, D) packed with V = person_mask.sum())"
+                )
         device = mask.device
         dtype = self.frame_embedding.weight.dtype
         logits = torch.full((B, N), INVALID_LOGIT, dtype=torch.float32, device=device)
+        self._skip_logits: Tensor | None = None  # the skip path's own logits, kept for loss_terms in training
 
         # -- nodes: the valid person-frames, in (b, t, n) order --------------------------------
         node_b, node_t, node_n = mask.nonzero(as_tuple=True)  # (V,) each
         if node_b.numel() == 0:
             return logits
-        x = self._fuse({k: features[k][node_b, node_t, node_n] for k in self.feature_dims}, dtype)
+        nodes = {k: features[k] if packed else features[k][node_b, node_t, node_n] for k in self.feature_dims}  # (V, D) each
+        x, raw = self._fuse(nodes, dtype, node_b, B)
 
         # -- 2. GATv2 over the persons of each (clip, frame) -----------------------------------
         if len(self.graph):
@@ -372,7 +403,15 @@ class ImportanceRanker(nn.Module):
             event = self.event(seq[node_p, node_t], node_b, B)  # (B, H)
             context = event[person_b]  # (P, H)
             seq = self.token_norm(seq + self.event_to_tokens(context).unsqueeze(1))
-        z = self.person_norm(self.pool(seq, present, context))  # (P, H)
+        z = self.pool(seq, present, context)  # (P, H)
+        track = self._track(node_p, node_t, person_b, P, B, dtype) if self.stats is not None or self.skip is not None else None
+        if self.stats is not None:
+            node_x = x.float()  # the node features after the graph: each person's frames, with their relations
+            count = torch.bincount(node_p, minlength=P).unsqueeze(1).to(node_x.dtype)  # (P, 1)
+            mean = node_x.new_zeros(P, H).index_add(0, node_p, node_x) / count
+            peak = node_x.new_full((P, H), float("-inf")).scatter_reduce(0, node_p.unsqueeze(1).expand(-1, H), node_x, "amax")
+            z = z + self.stats(torch.cat([mean, peak, track.float()], -1).to(z.dtype))
+        z = self.person_norm(z)  # (P, H)
 
         # -- 5. dual head ---------------------------------------------------------------------
         score = self.self_head(z).squeeze(-1)  # (P,)
@@ -386,21 +425,61 @@ class ImportanceRanker(nn.Module):
             relation = relation[person_b, person_slot]  # (P,)
             gate = gate[person_b, person_slot]
             score = gate * score + (1 - gate) * relation
+        if self.skip is not None:
+            skip = self._linear_skip(raw, node_p, person_b, P, B, track)  # (P,)
+            self._skip_logits = logits.masked_scatter(person_valid, skip.float()) if self.training else None
+            score = score + skip
         # persons are in (b, n) row-major order, the same order masked_scatter fills
         return logits.masked_scatter(person_valid, score.float())
 
+    @staticmethod
+    def _track(node_p: Tensor, node_t: Tensor, person_b: Tensor, P: int, B: int, dtype: torch.dtype) -> Tensor:
+        """(P, 3): presence fraction, first frame and end frame of each person, as fractions of
+        its clip's live length (up to the last frame anyone is present), so padded frames change
+        nothing."""
+        t = node_t.float()
+        first = t.new_full((P,), float("inf")).scatter_reduce(0, node_p, t, "amin")
+        end = t.new_zeros(P).scatter_reduce(0, node_p, t + 1, "amax")
+        count = t.new_zeros(P).index_add(0, node_p, torch.ones_like(t))
+        live = end.new_zeros(B).scatter_reduce(0, person_b, end, "amax")[person_b]  # (P,)
+        return torch.stack([count / live, first / live, end / live], -1).to(dtype)
+
+    def _linear_skip(self, raw: Tensor, node_p: Tensor, person_b: Tensor, P: int, B: int, track: Tensor) -> Tensor:
+        """(P,) linear score of each person's mean inputs, their difference from the mean person of
+        the clip, and the track statistics, standardised per column (BatchNorm, no affine)."""
+        raw = raw.float()
+        count = raw.new_zeros(P).index_add(0, node_p, raw.new_ones(len(node_p))).unsqueeze(1)  # (P, 1)
+        mean = raw.new_zeros(P, raw.shape[1]).index_add(0, node_p, raw) / count  # (P, sum D)
+        persons = raw.new_zeros(B).index_add(0, person_b, raw.new_ones(P)).unsqueeze(1)  # (B, 1)
+        clip_mean = (raw.new_zeros(B, raw.shape[1]).index_add(0, person_b, mean) / persons.clamp(min=1))[person_b]
+        stats = torch.cat([mean, mean - clip_mean, track.float()], -1)  # (P, 2 sum D + 3)
+        norm = self.skip_norm  # batch statistics need two persons; one alone uses the running ones
+        stats = F.batch_norm(stats, norm.running_mean, norm.running_var, training=self.training and P > 1, momentum=norm.momentum, eps=norm.eps)
+        return self.skip(stats).squeeze(-1)
+
     def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train) -> RankingLossTerms:
         """Masked cross-entropy + pairwise margin (``train``: the TrainConfig's margin and weight)."""
-        return ranking_loss_terms(logits, target, valid, train.margin, train.pairwise_weight)
+        terms = ranking_loss_terms(logits, target, valid, train.margin, train.pairwise_weight)
+        skip = getattr(self, "_skip_logits", None)
+        if skip is None or not self.config.skip_loss_weight:
+            return terms
+        alone = ranking_loss_terms(skip, target, valid, pairwise_weight=0.0).ce
+        return terms._replace(total=terms.total + self.config.skip_loss_weight * alone)
 
-    def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
-        # features[name] (V, D_name) -> (V, H)
-        normed = {k: self.input_norms[k](v.to(dtype)) for k, v in features.items()}
+    def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype, node_b: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        # features[name] (V, D_name) -> fused (V, H), the raw inputs side by side (V, sum D)
+        raw = torch.cat([features[k].to(dtype) for k in self.feature_dims], -1)
+        normed = {k: self.input_norms[k](features[k].to(dtype)) for k in self.feature_dims}
         if self.config.fusion == "sum":
-            x = sum(self.input_projs[k](v) for k, v in normed.items())
+            parts = torch.stack([self.input_projs[k](v) for k, v in normed.items()])  # (F, V, H)
+            if self.training and self.config.family_dropout > 0 and len(parts) > 1:
+                keep = torch.rand(len(parts), B, device=parts.device) >= self.config.family_dropout  # (F, B)
+                keep[torch.randint(len(parts), (B,), device=parts.device), torch.arange(B, device=parts.device)] = True
+                parts = parts * keep[:, node_b].unsqueeze(-1).to(parts.dtype)
+            x = parts.sum(0)
         else:
-            x = self.fuse(torch.cat([normed[k] for k in self.feature_dims], -1))
-        return self.dropout(self.fuse_norm(F.gelu(x)))
+            x = self.fuse(torch.cat(list(normed.values()), -1))
+        return self.dropout(self.fuse_norm(F.gelu(x))), raw
 
     def extra_repr(self) -> str:
         return f"feature_dims={self.feature_dims}"

@@ -124,7 +124,7 @@ def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, 
     scores = np.full((len(data), data.persons), -np.inf, dtype=np.float32)
     parts = []
     with torch.inference_mode(), _autocast(runtime, amp):
-        for batch in data.batches(batch_size, rank=runtime.rank, world_size=runtime.world_size):
+        for batch in data.batches(batch_size, rank=runtime.rank, world_size=runtime.world_size, packed=_packed(model)):
             logits = model(*_inputs(batch.to(runtime.device)))
             parts.append((batch.index.numpy(), logits.float().cpu().numpy()))
     for rank_parts in runtime.gather(parts):
@@ -170,7 +170,14 @@ def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_
 
 
 def _inputs(batch: ClipBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    if batch.features and next(iter(batch.features.values())).dim() == 2:
+        return batch.features, batch.person_mask  # packed rows: the model casts the valid rows only
     return {k: v.float() for k, v in batch.features.items()}, batch.person_mask
+
+
+def _packed(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (maybe DDP-wrapped) takes packed rows (faster: no padded (B, T, N, D) copy)."""
+    return getattr(model.module if hasattr(model, "module") else model, "accepts_packed", False)
 
 
 def _autocast(runtime: Runtime, amp: bool):
@@ -353,7 +360,8 @@ def train(
             epoch_start = time.perf_counter()
             wait = 0.0
             losses, hits, counted = [], 0, 0
-            batches = train_data.batches(cfg.batch_size, shuffle=True, permute_slots=cfg.permute_slots, seed=cfg.seed + epoch, rank=runtime.rank, world_size=runtime.world_size)
+            batches = train_data.batches(cfg.batch_size, shuffle=True, permute_slots=cfg.permute_slots, seed=cfg.seed + epoch,
+                                         rank=runtime.rank, world_size=runtime.world_size, packed=_packed(model))  # fmt: skip
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not (progress and runtime.is_main), leave=False)
             while True:
                 tick = time.perf_counter()
