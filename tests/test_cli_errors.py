@@ -94,6 +94,7 @@ COMMANDS = {
     ("cache", "unpin"): (["cache", "unpin", "abcd"], "msgvip.store.cache.resolve_store"),
     ("show",): (["show", "{tmp}", "worst:1"], "msgvip.pipelines.train.store_of_run"),
     ("report",): (["report", "{tmp}"], "msgvip.pipelines.train.store_of_run"),
+    ("sweep",): (["sweep", "--store", "abcd", "--space", __file__], "msgvip.store.cache.resolve_store"),
     ("probe",): (["probe", "--store", "abcd"], "msgvip.store.cache.resolve_store"),
     ("runs", "ls"): (["runs", "ls", "{tmp}"], "msgvip.pipelines.runs.list_runs"),
     ("compare",): (["compare", "{tmp}", "{tmp}"], "msgvip.pipelines.train.store_of_run"),

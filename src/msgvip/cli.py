@@ -514,6 +514,35 @@ def probe(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
     click.echo(format_probe_table(report))
 
 
+@main.command()
+@click.option("--store", "store_ref", required=True, help="Store to train from: fingerprint, unique prefix, or path.")
+@cache_dir_option
+@dataset_option
+@click.option("--space", "space_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML search space: [train] and [model] keys set to one value, a list of choices or a {low, high} range (see examples/sweep_space.toml).")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to run now [default: for a grid, every point not run yet; required otherwise].")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per trial; its value is the mean of their best val Rank@1.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at once, each in a worker process that reads the store once.")
+@click.option("--storage", help="Optuna RDB URL of the study; a PostgreSQL one lets several machines join it [default: sqlite:///OUT/study.db].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Sweep folder: one run directory per trial and seed; names the study [default: runs/sweep-<time>-<fingerprint>].")
+@click.option("--model", "preset", type=click.Choice(sorted(_presets())), help="Model preset [default: the space's model.preset, else msgvip].")
+@user_errors
+def sweep(store_ref: str, cache_dir: str | None, storage_options: dict, dataset: str | None, space_file: Path, trials: int | None, seeds: int,
+          jobs: int, storage: str | None, out: Path | None, preset: str | None) -> None:  # fmt: skip
+    """Search training and model options with an Optuna study (TPE, or a grid when the space
+    holds lists only; median pruning on val Rank@1 per epoch). Each trial is an ordinary run
+    directory in OUT; rerunning with the same OUT adds trials to the same study. See the runs with
+    `msgvip runs ls OUT`, the study with `optuna-dashboard URL`."""
+    import time
+
+    from .pipelines.sweep import format_summary, run_sweep
+
+    store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
+    out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{store.fingerprint[:8]}"
+    summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset)
+    click.echo(format_summary(summary))
+
+
 @main.group()
 def runs() -> None:
     """List training runs (compare two with `msgvip compare`)."""
