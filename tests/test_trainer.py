@@ -184,3 +184,29 @@ def test_packed_batches_hold_the_padded_rows_and_score_the_same(store):
             assert torch.equal(values, padded.features[name][padded.person_mask])  # (b, t, n) order
         with torch.no_grad():
             torch.testing.assert_close(model(rows.features, rows.person_mask), model(padded.features, padded.person_mask))
+
+
+def test_the_skip_path_is_scored_on_its_own_in_training_only():
+    from msgvip.ranker import ImportanceRanker
+    from msgvip.ranker.losses import ranking_loss_terms
+
+    torch.manual_seed(0)
+    mask = torch.rand(4, 6, 5) < 0.7
+    mask[:, 0, :2] = True
+    features = {"geometry": torch.randn(4, 6, 5, 18)}
+    target = torch.tensor([0, 1, 0, 1])
+    valid = mask.any(1)
+    model = ImportanceRanker(SMALL_MODEL, {"geometry": 18})
+    torch.nn.init.normal_(model.skip.weight)
+    cfg = TrainConfig()
+    model.train()
+    logits = model(features, mask)
+    plain = ranking_loss_terms(logits, target, valid, cfg.margin, cfg.pairwise_weight).total
+    alone = ranking_loss_terms(model._skip_logits, target, valid, pairwise_weight=0.0).ce
+    assert float(alone) > 0
+    torch.testing.assert_close(model.loss_terms(logits, target, valid, cfg).total, plain + SMALL_MODEL.skip_loss_weight * alone)
+    model.eval()
+    with torch.no_grad():
+        logits = model(features, mask)
+        assert model._skip_logits is None
+        torch.testing.assert_close(model.loss_terms(logits, target, valid, cfg).total, ranking_loss_terms(logits, target, valid, cfg.margin, cfg.pairwise_weight).total)

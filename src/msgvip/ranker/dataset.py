@@ -8,6 +8,7 @@ cannot learn slot ids.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -184,6 +185,16 @@ class StoreDataset:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def with_families(self, families: Sequence[str]) -> StoreDataset:
+        """The same clips, labels and order with other feature arrays (e.g. geometry for the
+        heuristic baselines of a model that does not read it)."""
+        other = copy.copy(self)
+        specs = {a.name: a for a in self.store.specs}
+        other.families = list(families)
+        other.feature_dims = {f: int(np.prod(specs[f].shape)) for f in other.families}
+        other._cache = other._read(other.storage_order) if self._cache is not None else None
+        return other
 
     def _label(self, record) -> str:
         return next((e.key for e in self.entries if e.content_hash == record.content_hash), record.content_hash)

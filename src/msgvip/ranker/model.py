@@ -339,8 +339,8 @@ class ImportanceRanker(nn.Module):
         self.relation = _RelationHead(H, config.relation_heads, config.dropout) if config.dual_head else None
         self.stats = nn.Linear(2 * H + 3, H) if config.track_stats else None
         raw_dims = sum(self.feature_dims.values())
-        self.skip_norm = nn.BatchNorm1d(2 * raw_dims + 3, affine=False) if config.linear_skip else None
-        self.skip = nn.Linear(2 * raw_dims + 3, 1) if config.linear_skip else None
+        self.skip_norm = nn.BatchNorm1d(4 * raw_dims + 3, affine=False) if config.linear_skip else None
+        self.skip = nn.Linear(4 * raw_dims + 3, 1) if config.linear_skip else None
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)  # starts as the plain model; the data decides how much to lean on it
 
@@ -445,14 +445,20 @@ class ImportanceRanker(nn.Module):
         return torch.stack([count / live, first / live, end / live], -1).to(dtype)
 
     def _linear_skip(self, raw: Tensor, node_p: Tensor, person_b: Tensor, P: int, B: int, track: Tensor) -> Tensor:
-        """(P,) linear score of each person's mean inputs, their difference from the mean person of
-        the clip, and the track statistics, standardised per column (BatchNorm, no affine)."""
+        """(P,) linear score of each person's inputs pooled over its frames (mean, std, last minus
+        first), the mean's difference from the clip's mean person, and the track statistics,
+        standardised per column (BatchNorm, no affine)."""
         raw = raw.float()
-        count = raw.new_zeros(P).index_add(0, node_p, raw.new_ones(len(node_p))).unsqueeze(1)  # (P, 1)
-        mean = raw.new_zeros(P, raw.shape[1]).index_add(0, node_p, raw) / count  # (P, sum D)
+        V, D = raw.shape
+        count = raw.new_zeros(P).index_add(0, node_p, raw.new_ones(V)).unsqueeze(1)  # (P, 1)
+        mean = raw.new_zeros(P, D).index_add(0, node_p, raw) / count  # (P, sum D)
+        std = (raw.new_zeros(P, D).index_add(0, node_p, raw * raw) / count - mean * mean).clamp(min=0).sqrt()
+        row = torch.arange(V, device=raw.device)
+        first = row.new_full((P,), V).scatter_reduce(0, node_p, row, "amin")  # nodes are in (b, t, n) order: by time per person
+        last = row.new_zeros(P).scatter_reduce(0, node_p, row, "amax")
         persons = raw.new_zeros(B).index_add(0, person_b, raw.new_ones(P)).unsqueeze(1)  # (B, 1)
-        clip_mean = (raw.new_zeros(B, raw.shape[1]).index_add(0, person_b, mean) / persons.clamp(min=1))[person_b]
-        stats = torch.cat([mean, mean - clip_mean, track.float()], -1)  # (P, 2 sum D + 3)
+        clip_mean = (raw.new_zeros(B, D).index_add(0, person_b, mean) / persons.clamp(min=1))[person_b]
+        stats = torch.cat([mean, std, raw[last] - raw[first], mean - clip_mean, track.float()], -1)  # (P, 4 sum D + 3)
         norm = self.skip_norm  # batch statistics need two persons; one alone uses the running ones
         stats = F.batch_norm(stats, norm.running_mean, norm.running_var, training=self.training and P > 1, momentum=norm.momentum, eps=norm.eps)
         return self.skip(stats).squeeze(-1)

@@ -137,6 +137,8 @@ def baseline_metrics(data: StoreDataset, batch_size: int = 64) -> dict:
     """Metrics of the two heuristic baselines (empty without geometry), a batch at a time."""
     if data.baseline_columns is None or not len(data):
         return {}
+    if "geometry" not in data.families:  # a model that reads no geometry (svip) is still set beside the heuristics
+        data = data.with_families(["geometry"])
     area_column, dist_column = data.baseline_columns
     largest = np.full((len(data), data.persons), -np.inf)
     central = np.full((len(data), data.persons), -np.inf)
