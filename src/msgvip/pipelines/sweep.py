@@ -51,7 +51,6 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import signal
 import time
 import tomllib
@@ -69,11 +68,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError, check_device
-from ..ranker.dataset import StoreDataset
+from ..ranker.dataset import LabelError, StoreDataset
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.trainer import TrainConfig, build_config, train
-from ..store.feature_store import FeatureStore
-from ..store.storage import open_storage
+from ..store.feature_store import FeatureStore, StoreError
+from ..store.storage import StorageError, open_storage
 from .lifetime import exit_with_parent
 
 __all__ = [
@@ -579,7 +578,7 @@ def _worker_main(job: _Job, worker: int, conn: Connection) -> None:
         store = FeatureStore.open_in(open_storage(job.cache_root, job.storage_options), job.fingerprint)
         conn.send(("done", _work(job, worker, store, _PipeChannel(conn))))
     except BaseException as err:  # handed to the parent, which raises it
-        conn.send(("error", _sendable(err)))
+        conn.send(("error", (type(err).__name__, str(err))))
     finally:
         conn.close()
 
@@ -590,14 +589,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _sendable(err: BaseException) -> BaseException:
-    """``err`` if it survives pickling (the parent re-raises it as the same user error), else a
-    RuntimeError that names it."""
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        return RuntimeError(f"{type(err).__name__}: {err}")
+# Errors a worker hands back keep their class when a user can cause them (the CLI prints those as
+# one line); any other is re-raised as a RuntimeError naming it. Only names and text cross the
+# pipe: nothing from a worker is unpickled into an exception class of its choosing.
+_USER_ERRORS: dict[str, type[BaseException]] = {e.__name__: e for e in (ConfigError, LabelError, StoreError, StorageError, KeyboardInterrupt)}
+
+
+def _worker_error(name: str, message: str) -> BaseException:
+    kind = _USER_ERRORS.get(name)
+    return kind(message) if kind is not None else RuntimeError(f"{name}: {message}")
 
 
 def _run_workers(job: _Job, jobs: int, trials: int, study: optuna.Study, on_trial: Callable[[TrialResult], None]) -> list[WorkerReport]:
@@ -642,7 +642,7 @@ def _run_workers(job: _Job, jobs: int, trials: int, study: optuna.Study, on_tria
                 elif kind == "done":
                     reports[worker] = payload
                 else:
-                    raise payload
+                    raise _worker_error(*payload)
         for proc in procs:
             proc.join()
         return [reports[w] for w in range(jobs)]
