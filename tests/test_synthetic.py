@@ -1,5 +1,6 @@
 """The synthetic clip generator: exact format, determinism, variety, drawn people, and cues that a
-geometry model can learn while the box-size and centrality heuristics stay near chance."""
+geometry model can learn while the box-size and centrality heuristics stay near chance; in the
+hard setting, a cue that per-person statistics cannot see and comparing people in time can."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,7 +16,19 @@ import numpy as np
 import pytest
 
 from msgvip.data import read_clip
-from msgvip.data.synthetic import DemoDataConfig, generate_clip, split_of, write_demo_data
+from msgvip.data.synthetic import (
+    HARD_CHAIN,
+    HARD_CHAIN_GAP,
+    HARD_EDGE_FRAMES,
+    HARD_GESTURE_FRAMES,
+    HARD_MIN_FRAMES,
+    HARD_MIN_PERSONS,
+    HARD_SEPARATION,
+    DemoDataConfig,
+    generate_clip,
+    split_of,
+    write_demo_data,
+)
 
 SMALL = DemoDataConfig(clips=12, frames=16, persons=6, height=64, width=112, seed=3)
 FIELDS = {"frames", "bboxes", "person_ids", "frame_mask", "person_mask", "target_index", "original_ids", "video_id", "scene_category"}
@@ -211,3 +225,112 @@ def test_config_is_checked() -> None:
         DemoDataConfig(frames=2)
     with pytest.raises(ValueError, match="splits"):
         DemoDataConfig(splits=())
+
+
+# --------------------------------------------------------------------------------------------
+# difficulty="hard": everyone alike; only who raises an arm when, relative to the others, tells.
+
+HARD = DemoDataConfig(clips=180, frames=24, persons=6, height=64, width=112, seed=7, difficulty="hard")
+
+
+def _raises(clip: dict[str, np.ndarray]) -> dict[int, list[int]]:
+    """Slot -> the frames its arm is up: its box is over 10% taller than in both neighbouring
+    frames (the raised arm adds about 15%; walking and box jitter change it by a few percent)."""
+    boxes, mask = clip["bboxes"].astype(np.float64), clip["person_mask"]
+    tall = boxes[..., 3] - boxes[..., 1]  # (T, N)
+    spike = np.zeros(tall.shape, bool)
+    spike[1:-1] = tall[1:-1] > 1.1 * np.maximum(tall[:-2], tall[2:])
+    return {int(s): np.flatnonzero(spike[:, s]).tolist() for s in np.flatnonzero(mask.any(0))}
+
+
+def _leads(onset: dict[int, int], slot: int) -> bool:
+    """Whether ``slot``'s raise starts a chain: nobody raised in the frames just before it, and
+    two others after it, HARD_CHAIN_GAP frames apart."""
+    o = onset[slot]
+    others = {v for s, v in onset.items() if s != slot}
+    quiet = not any(o - HARD_SEPARATION < v < o for v in others)
+    return quiet and {o + HARD_CHAIN_GAP, o + 2 * HARD_CHAIN_GAP} <= others
+
+
+def _order_rule(clip: dict[str, np.ndarray]) -> int:
+    """The slot a rule that compares raise times across people picks: most raises by others
+    shortly after its own, minus those shortly before."""
+    onset = {s: f[0] for s, f in _raises(clip).items() if f}
+    window = range(1, HARD_SEPARATION)
+    score = {s: sum((o + k in onset.values()) - (o - k in onset.values()) for k in window) for s, o in onset.items()}
+    return max(score, key=score.get)
+
+
+def _reversed(clip: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**clip, "frames": clip["frames"][::-1], "bboxes": clip["bboxes"][::-1], "person_mask": clip["person_mask"][::-1]}
+
+
+def test_hard_clips_are_deterministic_and_their_own() -> None:
+    first = generate_clip(4, HARD)
+    assert digest(first) == digest(generate_clip(4, HARD)) == digest(generate_clip(4, replace(HARD, clips=1000)))
+    assert digest(generate_clip(5, HARD)) != digest(first)
+    assert digest(generate_clip(4, replace(HARD, seed=8))) != digest(first)
+    assert digest(generate_clip(4, replace(HARD, difficulty="default"))) != digest(first)
+
+
+def test_hard_target_leads_a_chain_of_raised_arms() -> None:
+    """From the written boxes alone: everyone is there throughout and raises an arm at most once,
+    for one frame, never next to another raise; the target's raise is the only one that starts a
+    chain; and playing the clip backwards makes the closer the leader."""
+    clips = [generate_clip(i, replace(HARD, height=96, width=160)) for i in range(60)]
+    first_raiser = 0
+    for clip in clips:
+        target, t = int(clip["target_index"]), HARD.frames
+        assert clip["frame_mask"].all() and (clip["person_mask"].all(0) == clip["person_mask"].any(0)).all()
+        assert 4 <= clip["person_mask"].any(0).sum() <= HARD.persons
+        raises = _raises(clip)
+        assert all(len(frames) <= HARD_GESTURE_FRAMES for frames in raises.values())
+        onset = {s: f[0] for s, f in raises.items() if f}
+        assert len(onset) >= HARD_CHAIN and target in onset
+        times = sorted(onset.values())
+        assert np.diff(times).min() >= HARD_CHAIN_GAP, "no two raises at once or in neighbouring frames"
+        assert HARD_EDGE_FRAMES <= times[0] and times[-1] < t - HARD_EDGE_FRAMES
+        assert [s for s in onset if _leads(onset, s)] == [target]
+        assert _order_rule(clip) == target
+        assert _order_rule(_reversed(clip)) != target
+        first_raiser += onset[target] == times[0]
+    # loners raise before the chain too: the first raise of a clip is not a give-away
+    assert first_raiser <= 0.6 * len(clips)
+
+
+def test_hard_clips_defeat_a_per_person_probe(tmp_path: Path) -> None:
+    """Time-pooled per-person statistics of the geometry (msgvip probe) stay near chance on hard
+    clips, while comparing raise times across people finds the target."""
+    from msgvip.extract.geometry import GeometryExtractor
+    from msgvip.ranker.probe import probe_store
+    from msgvip.store import FeatureStore, Snapshot, SnapshotEntry, fingerprint, open_storage
+    from msgvip.store.feature_store import MASK_ARRAY
+
+    write_demo_data(tmp_path / "data", HARD)
+    geometry = GeometryExtractor()
+    config = {"features": {"geometry": geometry.spec()}}
+    store = FeatureStore.create(open_storage(tmp_path / "cache"), fingerprint(config), config, geometry.arrays())
+    entries, rule_hits = [], 0
+    with store.writer() as writer:
+        for path in sorted((tmp_path / "data").rglob("*.npz")):
+            clip = read_clip(path)
+            writer.add(clip.content_hash, {MASK_ARRAY: clip.person_mask, **geometry.extract([clip])[0]})
+            entries.append(SnapshotEntry(f"{path.parent.name}/{path.name}", clip.content_hash, path.parent.name, clip.target, clip.scene, str(path)))
+            rule_hits += _order_rule(load(path)) == clip.target
+    store.write_snapshot(Snapshot("hard", str(tmp_path / "data"), time.time(), tuple(entries)))
+    report = probe_store(FeatureStore.open(store.path), families=["geometry"])
+    learned = [r for r in report.rows if r.param is not None]
+    print(f"order rule {rule_hits / HARD.clips:.2f}; probes (val, test): " + ", ".join(f"{r.scorer} {r.val['rank@1']:.2f} {r.test['rank@1']:.2f}" for r in learned))
+    assert rule_hits >= 0.9 * HARD.clips
+    assert len(learned) == 3 and all(r.test["rank@1"] <= 0.5 and r.val["rank@1"] <= 0.5 for r in learned)
+    assert np.mean([r.test["rank@1"] for r in learned] + [r.val["rank@1"] for r in learned]) <= 0.35
+
+
+def test_hard_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="difficulty must be one of default, hard, got 'medium'"):
+        DemoDataConfig(difficulty="medium")
+    with pytest.raises(ValueError, match=f"persons must be >= {HARD_MIN_PERSONS} for difficulty 'hard'"):
+        DemoDataConfig(persons=3, difficulty="hard")
+    with pytest.raises(ValueError, match=f"frames must be >= {HARD_MIN_FRAMES} for difficulty 'hard'"):
+        DemoDataConfig(frames=HARD_MIN_FRAMES - 1, difficulty="hard")
+    DemoDataConfig(frames=8, persons=2)  # the default setting keeps its own limits

@@ -184,13 +184,15 @@ def main(debug: bool) -> None:
 @click.option("--height", default=96, show_default=True, help="Frame height in pixels.")
 @click.option("--width", default=160, show_default=True, help="Frame width in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same bytes.")
+@click.option("--difficulty", type=click.Choice(["default", "hard"]), default="default", show_default=True,
+              help="'hard': nobody stands out alone; the target is the one whose raised arm two others follow in turn (needs --frames >= 24, --persons >= 4).")
 @user_errors
-def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, width: int, seed: int) -> None:
+def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, width: int, seed: int, difficulty: str) -> None:
     """Write synthetic MSG_VIP clips to OUT/{train,val,test}/*.npz."""
     from .data.synthetic import DemoDataConfig, write_demo_data
 
     try:
-        config = DemoDataConfig(clips=clips, frames=frames, persons=persons, height=height, width=width, seed=seed)
+        config = DemoDataConfig(clips=clips, frames=frames, persons=persons, height=height, width=width, seed=seed, difficulty=difficulty)
     except ValueError as err:  # the config's own limits, e.g. "frames must be >= 4 ..., got 2"
         raise click.UsageError(str(err)) from None
     summary = write_demo_data(out, config, progress=True)
@@ -200,13 +202,17 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"))
+@click.option("--difficulty", type=click.Choice(["default", "hard"]), default="default", show_default=True,
+              help="Difficulty of the demo clips (see `msgvip demo-data --help`).")
 @user_errors
-def demo(out: Path) -> None:
+def demo(out: Path, difficulty: str) -> None:
     """Run the whole chain on synthetic clips under OUT: demo data, extraction, training,
-    evaluation against the heuristic baselines."""
-    from .pipelines.demo import run_demo
+    evaluation against the heuristic baselines, the run's HTML report."""
+    from dataclasses import replace
 
-    result = run_demo(out)
+    from .pipelines.demo import DEMO_DATA, run_demo
+
+    result = run_demo(out, data=replace(DEMO_DATA, difficulty=difficulty))
     click.echo(f"\ntest split, {result.test['clips']} clips:")
     _print_metrics_table(result.test)
     click.echo(f"\ndone in {result.seconds:.0f} s: clips in {out / 'data'}, store {result.extract.store}, run in {result.run_dir}")

@@ -21,6 +21,29 @@ What singles it out are three cues, each probabilistic so that none is a give-aw
 Cues 1 and 2 live in the boxes, so a geometry-only ranker can learn the task; cue 3 rewards
 appearance features. Clip ``i`` is drawn from ``np.random.default_rng([seed, i])`` alone, so it is
 the same whatever the number of clips, the process or the platform.
+
+``difficulty="hard"`` removes every cue a person carries alone, so that time-pooled per-person
+statistics (a probe) stay near chance and only relations between people in time find the target.
+Every person is drawn alike (present the whole clip, same sizes, places, wandering and facing)
+and raises an arm at most once, for one frame, never within a frame of anyone else's raise (so not
+even a per-frame comparison with the others, such as a box-size rank, tells one raise from
+another). What differs is *when*:
+
+- the target (the *leader*) starts a *chain*: two others raise their arm after it, each
+  HARD_CHAIN_GAP frames after the one before. The last of them (the *closer*) is the leader's
+  mirror image;
+- everyone else raises an arm alone, at least HARD_SEPARATION frames from any other raise, or
+  (when the clip has no room left) keeps both arms down;
+- the chain and the loners come in a random order with random pauses between them.
+
+So the target is the only person whose raise has no other raise in the HARD_SEPARATION - 1 frames
+before it and two chained after it. The layout is symmetric under playing the clip backwards
+(which swaps leader and closer): a ranker blind to the order of frames can do no better than a
+coin toss between the two. When a person raises its arm says a little on its own (a leader is
+never among the last raises of a clip, a closer never among the first): on 24 frames a per-person
+rule that knows each raise's frame exactly reaches about 0.32 Rank@1, against 0.19 for a pick among
+those who raise an arm. Shorter clips leave the chain too little room to move, so the setting needs
+HARD_MIN_FRAMES frames.
 """
 
 from __future__ import annotations
@@ -45,6 +68,21 @@ P_TARGET_FRONTAL = 0.75
 P_OTHER_FRONTAL = 0.08
 P_PADDED_TAIL = 0.25  # the clip ends with a few padding frames
 P_OTHER_FULL_STAY = 0.55  # a bystander is present from the first to the last frame
+
+# The hard setting (see the module docstring): timings in frames.
+DIFFICULTIES = ("default", "hard")
+HARD_GESTURE_FRAMES = 1  # an arm stays raised this long
+HARD_CHAIN = 3  # leader and two followers
+HARD_CHAIN_GAP = 2  # frames from one raise of the chain to the next
+HARD_SEPARATION = 4  # at least this many frames between raises not in one chain
+HARD_MIN_PERSONS = 4  # the chain and someone outside it
+# Nobody raises an arm in the first or last 3 frames. A track's first and last values, its last
+# minus first, and the means of its velocity and acceleration (sums that telescope to values at
+# the ends) would otherwise tell an early raise (a leader's) from a late one (a closer's).
+HARD_EDGE_FRAMES = 3
+HARD_MIN_FRAMES = 24  # fewer, and when a person raises its arm tells who leads: 0.45 Rank@1 on 20 frames, 0.75 on 16
+P_HARD_WANDERS = 0.3  # each person walks to a random spot (else stands, swaying)
+P_HARD_FRONTAL = 0.25  # each person faces the camera (else a random side, or where it walks)
 
 BOX_NOISE_PX = 0.3  # detector-like jitter of the box coordinates
 SPLIT_STREAM = 0x5B17  # extra seed word: split assignment never touches a clip's own stream
@@ -75,6 +113,7 @@ class DemoDataConfig:
     width: int = 160
     seed: int = 0
     splits: tuple[tuple[str, float], ...] = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+    difficulty: str = "default"  # or "hard": no per-person cue (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.clips < 0:
@@ -87,6 +126,12 @@ class DemoDataConfig:
             raise ValueError(f"frames must be at least 32x32 pixels to draw people, got {self.height}x{self.width}")
         if not self.splits or any(f < 0 for _, f in self.splits) or sum(f for _, f in self.splits) <= 0:
             raise ValueError(f"splits need non-negative fractions with a positive sum, got {self.splits}")
+        if self.difficulty not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {self.difficulty!r}")
+        if self.difficulty == "hard" and self.persons < HARD_MIN_PERSONS:
+            raise ValueError(f"persons must be >= {HARD_MIN_PERSONS} for difficulty 'hard' (a chain of three and one more), got {self.persons}")
+        if self.difficulty == "hard" and self.frames < HARD_MIN_FRAMES:
+            raise ValueError(f"frames must be >= {HARD_MIN_FRAMES} for difficulty 'hard' (room for the chain of raised arms to move), got {self.frames}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,7 @@ class _Cast(NamedTuple):
     clothes: np.ndarray  # (P, 3, 3) uint8: shirt, trousers and sleeve colours
     skin: np.ndarray  # (P, 3) uint8
     hair: np.ndarray  # (P, 3) uint8
+    onset: np.ndarray | None = None  # (P,) hard setting only: the frame each person raises its arm, -1 never
 
 
 class _Motion(NamedTuple):
@@ -181,11 +227,15 @@ def generate_clip(index: int, config: DemoDataConfig) -> dict[str, np.ndarray]:
     """Clip ``index`` as the arrays of one MSG_VIP ``.npz`` (see DESIGN.md section 2)."""
     rng = np.random.default_rng([config.seed, index])
     t, n, height, width = config.frames, config.persons, config.height, config.width
-    padded = int(rng.integers(1, max(1, t // 8) + 1)) if rng.random() < P_PADDED_TAIL else 0
-    live = t - padded  # frames [live, T) are padding
-
-    cast = _cast(rng, n, t, live)
-    motion = _move(rng, cast, t, height, width)
+    if config.difficulty == "hard":
+        live = t  # no padding: everyone is there from the first to the last frame
+        cast = _cast_hard(rng, n, t)
+        motion = _move_hard(rng, cast, t, height, width)
+    else:
+        padded = int(rng.integers(1, max(1, t // 8) + 1)) if rng.random() < P_PADDED_TAIL else 0
+        live = t - padded  # frames [live, T) are padding
+        cast = _cast(rng, n, t, live)
+        motion = _move(rng, cast, t, height, width)
     background = _background(rng, height, width)
 
     frames = np.zeros((t, height, width, 3), np.uint8)
@@ -270,11 +320,8 @@ def _cast(rng: np.random.Generator, n: int, t: int, live: int) -> _Cast:
 def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int) -> _Motion:
     """Place everyone, walk the bystanders, and animate gestures, strides and head directions."""
     people, target = len(cast.slots), cast.target
-    near, far = 0.96 * height, 0.60 * height  # foot rows of the nearest and farthest people
+    near, far = _depth_rows(height)
     body = rng.uniform(0.85, 1.12, people)  # children to tall adults: size is not only depth
-
-    def stature(foot: np.ndarray) -> np.ndarray:
-        return height * (0.30 + 0.34 * (foot - far) / (near - far)) * body
 
     # Start positions: everyone, the target included, drawn alike, so where the target stands
     # (central or not, near or far) says nothing about it.
@@ -287,7 +334,7 @@ def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int
     depart = np.zeros(people, int)
     looks_at_target = np.zeros(people, bool)
     side = rng.choice((-1.0, 1.0), people)
-    width0 = 2 * TORSO_HALF * stature(foot0)
+    width0 = 2 * TORSO_HALF * _stature(foot0, body, height)
     for p in range(people):
         if p == target:
             continue
@@ -306,21 +353,9 @@ def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int
         depart[p] = rng.integers(0, t // 3 + 1)
     goal[:, 1] = np.clip(goal[:, 1], far, near)
 
-    # Walk: a straight line to the goal at constant speed, the legs swinging with the distance.
-    pos = np.empty((t, people, 2))
-    pos[0] = np.stack([x0, foot0], 1)
-    walked = np.zeros((t, people))
-    for f in range(1, t):
-        delta = goal - pos[f - 1]
-        dist = np.linalg.norm(delta, axis=1)
-        step = np.where(f >= depart, np.minimum(speed, dist), 0.0)
-        pos[f] = pos[f - 1] + delta * (step / np.maximum(dist, 1e-9))[:, None]
-        walked[f] = walked[f - 1] + step
-    # everyone sways a little, so "perfectly still" is not a cue either
+    x, foot, walked = _walk(rng, np.stack([x0, foot0], 1), goal, speed, depart, t)
     frame = np.arange(t)[:, None]
-    sway = rng.uniform(0.0, 0.6, people) * np.sin(frame * rng.uniform(0.1, 0.4, people) + rng.uniform(0, 2 * np.pi, people))
-    x, foot = pos[..., 0] + sway, pos[..., 1]
-    h = stature(foot)
+    h = _stature(foot, body, height)
 
     # Gesture: one signed rhythm per gesturer; up = arm raised, down = crouch.
     period = rng.uniform(5.0, 10.0, people)
@@ -336,6 +371,122 @@ def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int
     facing = np.where(looks_at_target & (toward != 0), toward, heading)
     facing = np.where(cast.frontal, 0.0, facing)
     return _Motion(x=x, foot=foot, h=h, crouch=crouch, arm=arm, stride=stride, facing=facing)
+
+
+def _depth_rows(height: int) -> tuple[float, float]:
+    """Foot rows of the nearest and of the farthest people."""
+    return 0.96 * height, 0.60 * height
+
+
+def _stature(foot: np.ndarray, body: np.ndarray, height: int) -> np.ndarray:
+    """Standing height in pixels of people with feet on row ``foot``: nearer is taller, times each
+    one's ``body`` size."""
+    near, far = _depth_rows(height)
+    return height * (0.30 + 0.34 * (foot - far) / (near - far)) * body
+
+
+def _walk(rng: np.random.Generator, start: np.ndarray, goal: np.ndarray, speed: np.ndarray, depart: np.ndarray, t: int):
+    """Walk each person in a straight line from ``start`` to ``goal`` (P, 2) at ``speed`` (P,)
+    pixels a frame from frame ``depart`` (P,) on, plus a little sway.  -> x, foot, walked (T, P)
+    each: walked is the distance covered so far (the legs swing with it)."""
+    people = len(start)
+    pos = np.empty((t, people, 2))
+    pos[0] = start
+    walked = np.zeros((t, people))
+    for f in range(1, t):
+        delta = goal - pos[f - 1]
+        dist = np.linalg.norm(delta, axis=1)
+        step = np.where(f >= depart, np.minimum(speed, dist), 0.0)
+        pos[f] = pos[f - 1] + delta * (step / np.maximum(dist, 1e-9))[:, None]
+        walked[f] = walked[f - 1] + step
+    # everyone sways a little, so "perfectly still" is not a cue either
+    frame = np.arange(t)[:, None]
+    sway = rng.uniform(0.0, 0.6, people) * np.sin(frame * rng.uniform(0.1, 0.4, people) + rng.uniform(0, 2 * np.pi, people))
+    return pos[..., 0] + sway, pos[..., 1], walked
+
+
+# --------------------------------------------------------------------------------------------
+# The hard setting: everyone alike, one arm raise each; only who raises it when, relative to the
+# others, singles out the target.
+
+
+def _cast_hard(rng: np.random.Generator, n: int, t: int) -> _Cast:
+    """Like :func:`_cast`, but everyone is present throughout, faces the camera equally often and
+    raises an arm at the frame :func:`_hard_onsets` gives it (if any)."""
+    people = int(rng.integers(HARD_MIN_PERSONS, n + 1))
+    target = int(rng.integers(people))
+    slots = rng.choice(n, people, replace=False)
+    ids = rng.choice(np.arange(1, 1000), people, replace=False).astype(np.int32)
+    onset = _hard_onsets(rng, people, target, t)
+    return _Cast(
+        slots=slots,
+        ids=ids,
+        target=target,
+        present=np.ones((t, people), bool),
+        gestures=onset >= 0,
+        frontal=rng.random(people) < P_HARD_FRONTAL,
+        clothes=CLOTHES[rng.integers(len(CLOTHES), size=(people, 3))],
+        skin=SKIN[rng.integers(len(SKIN), size=people)],
+        hair=HAIR[rng.integers(len(HAIR), size=people)],
+        onset=onset,
+    )
+
+
+def _hard_onsets(rng: np.random.Generator, people: int, target: int, t: int) -> np.ndarray:
+    """The frame each person raises its arm, -1 for never: the chain the leader (``target``)
+    starts and as many loners as fit, in a random order with random pauses.
+
+    Every raise lies within frames [HARD_EDGE_FRAMES, T - HARD_EDGE_FRAMES).  -> (P,) int.
+    """
+    first, last = HARD_EDGE_FRAMES, t - HARD_EDGE_FRAMES - HARD_GESTURE_FRAMES  # earliest and latest raise
+    others = rng.permutation([p for p in range(people) if p != target])
+    chain, rest = [target, *others[: HARD_CHAIN - 1]], others[HARD_CHAIN - 1 :]
+    room = last - first - (HARD_CHAIN - 1) * HARD_CHAIN_GAP  # where the chain may start, before any loner
+    loners = rest[: room // HARD_SEPARATION]
+    slack = room - len(loners) * HARD_SEPARATION
+    units = [chain, *([p] for p in loners)]
+    # The pause before each unit: differences of sorted uniform cuts of the slack, so the pause
+    # before the first unit and the one after the last are alike (playing backwards changes nothing).
+    pauses = np.diff(np.sort(rng.integers(0, slack + 1, len(units))), prepend=0)
+    onset = np.full(people, -1)
+    start = first
+    for unit, pause in zip(rng.permutation(len(units)), pauses):
+        members = units[unit]
+        start += pause
+        onset[members] = start + HARD_CHAIN_GAP * np.arange(len(members))
+        start += HARD_CHAIN_GAP * (len(members) - 1) + HARD_SEPARATION
+    return onset
+
+
+def _move_hard(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int) -> _Motion:
+    """Place and walk everyone alike (nobody approaches or faces anybody in particular), and raise
+    each gesturer's arm straight up for HARD_GESTURE_FRAMES frames from its raise."""
+    people = len(cast.slots)
+    near, far = _depth_rows(height)
+    body = rng.uniform(0.85, 1.12, people)
+    foot0 = rng.uniform(far, near, people)
+    x0 = rng.uniform(0.05, 0.95, people) * width
+    start = np.stack([x0, foot0], 1)
+    wanders = rng.random(people) < P_HARD_WANDERS
+    goal = np.where(wanders[:, None], np.stack([rng.uniform(0.05, 0.95, people) * width, rng.uniform(far, near, people)], 1), start)
+    speed = np.where(wanders, rng.uniform(0.4, 1.0, people) * width / 160, 0.0)
+    depart = rng.integers(0, t // 3 + 1, people)
+    x, foot, walked = _walk(rng, start, goal, speed, depart, t)
+    h = _stature(foot, body, height)
+
+    frame = np.arange(t)[:, None]
+    raised = cast.gestures & (frame >= cast.onset) & (frame < cast.onset + HARD_GESTURE_FRAMES)  # (T, P)
+    side = rng.choice((-1.0, 1.0), people)
+    heading = np.where(wanders & (goal[:, 0] != x0), np.sign(goal[:, 0] - x0), side)
+    return _Motion(
+        x=x,
+        foot=foot,
+        h=h,
+        crouch=np.zeros((t, people)),
+        arm=np.where(raised, np.pi, 0.0),
+        stride=STRIDE * np.sin(walked / (0.15 * h)),
+        facing=np.broadcast_to(np.where(cast.frontal, 0.0, heading), (t, people)),
+    )
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
