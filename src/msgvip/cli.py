@@ -66,12 +66,24 @@ def model_options(fn: Callable) -> Callable:
         click.option("--crop-size", default=defaults.crop_size, show_default=True, help="Appearance and face crop size in pixels."),
         click.option("--context", default=defaults.context, show_default=True, help="Context padding around each box, as a fraction of its size."),
         click.option("--pooling", type=click.Choice(["cls", "mean", "cls+mean"]), default=defaults.pooling, show_default=True, help="Appearance pooling of DINOv2 tokens."),
+        click.option(
+            "--layers", default=",".join(map(str, defaults.layers)), show_default=True, callback=_layer_list,
+            help="Appearance: backbone layers to store, comma-separated indices into its hidden states (0 the patch embeddings, -1 the last), "
+            "e.g. -1,-4,-8,-12. Several are stored as (L, D) rows, which `train` mixes with learned softmax weights.",
+        ),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=defaults.dtype, show_default=True, help="Compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)."),
         click.option("--local-files-only", is_flag=True, help="Never reach the model hub; models must be local or cached."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _layer_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of layer indices such as -1,-4,-8,-12") from None
 
 
 def extract_config(features: str, **fields) -> ExtractConfig:

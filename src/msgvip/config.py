@@ -38,6 +38,10 @@ class ExtractConfig:
     crop_size: int = 224  # appearance and face crops are crop_size x crop_size
     context: float = 0.1  # appearance crops: box grown by this fraction of its size on each side
     pooling: str = "cls+mean"  # appearance: "cls", "mean" (patch tokens) or "cls+mean" (both, concatenated)
+    # appearance: the backbone's hidden states to pool, as indices into transformers'
+    # ``hidden_states`` (0 the patch embeddings, -1 the last layer), e.g. (-1, -4, -8, -12).
+    # One layer gives (D,) rows; several give (L, D) rows, shallow to deep, for the ranker to mix.
+    layers: tuple[int, ...] = (-1,)
     dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
     local_files_only: bool = False  # never reach the hub; models must be local or already cached
     max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES  # a clip declaring more decoded bytes is refused, unread
@@ -46,6 +50,15 @@ class ExtractConfig:
         for name in ("backbone", "pose_model"):  # a pathlib.Path is welcome, a str is what JSON holds
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.layers, list):  # what JSON and TOML hold
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if (
+            not isinstance(self.layers, tuple) or not self.layers
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers)
+        ):  # fmt: skip
+            raise ConfigError(f"layers must be a non-empty tuple of layer indices such as (-1, -4, -8, -12), got {self.layers!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"layers {list(self.layers)} names a layer twice; list each once")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
         if self.dtype not in DTYPES:

@@ -8,6 +8,12 @@ all clips of a group go through the model ``batch_size`` at a time.
 Output per clip: ``appearance`` (T, N, D) float16, zeros in absent slots, with D = hidden size
 (``pooling="cls"`` or ``"mean"``) or 2 x hidden (``"cls+mean"``: the CLS token, then the mean of
 the patch tokens, both after the final layer norm).
+
+With several ``layers`` (indices into transformers' ``hidden_states``: 0 the patch embeddings,
+k the output of block k, -1 the last), the output is (T, N, L, D): the same pooling of each
+listed hidden state, shallow to deep whatever order they were given in, each through the final
+layer norm as the last one is, so that its last row equals the single-layer output. The ranker
+mixes them (:mod:`msgvip.ranker.layer_mix`). A single layer gives (T, N, D).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import torch
 from ..config import ConfigError, ExtractConfig
 from ..data.clip import Clip
 from ..store.feature_store import ArraySpec
-from .backbones import ResolvedModel, autocast, dtype_name, load_model, model_config, resolve_dtype, resolve_model
+from .backbones import ModelError, ResolvedModel, autocast, dtype_name, load_model, model_config, resolve_dtype, resolve_model
 from .crops import CropPlan, FrameBank, context_windows, map_crops, normalize
 
 FEATURE_VERSION = 1
 SAMPLING = {"mode": "bilinear", "align_corners": False, "outside": "zeros", "pixel_centres": "k+0.5"}
+LAYER_DIM = "layer"  # name of the layer axis of (L, D) rows in the store; the ranker finds layered families by it
 
 
 class Backbone:
@@ -52,6 +59,29 @@ class Backbone:
         """Register tokens between CLS and the patch tokens (DINOv2 with registers), else 0."""
         return int(getattr(model_config(self.model), "num_register_tokens", 0) or 0)
 
+    @cached_property
+    def num_layers(self) -> int:
+        return int(model_config(self.model).num_hidden_layers)
+
+    def hidden_state_indices(self, layers: Sequence[int]) -> tuple[int, ...] | None:
+        """``layers`` as the user gave them -> indices into ``hidden_states`` (0 .. num_layers),
+        sorted shallow to deep; ``None`` when they name the last layer alone (the default path).
+
+        Normalising makes ``-1`` and ``num_layers`` one store, not two. Raises ConfigError naming
+        the option and the model's layer count.
+        """
+        n = self.num_layers
+        bad = [i for i in layers if not -(n + 1) <= i <= n]
+        if bad:
+            raise ConfigError(
+                f"layers {bad} out of range for {self.name!r}, which has {n} layers; use indices from "
+                f"{-(n + 1)} to {n} (0 the patch embeddings, {n} or -1 the last layer)"
+            )
+        chosen = sorted({i % (n + 1) for i in layers})
+        if len(chosen) != len(layers):
+            raise ConfigError(f"layers {list(layers)} name one hidden state twice for {self.name!r} ({n} layers: -k is {n + 1}-k); list each once")
+        return None if chosen == [n] else tuple(chosen)
+
     def check_crop_size(self) -> None:
         patch = model_config(self.model).patch_size
         patch = patch if isinstance(patch, int) else patch[0]
@@ -71,13 +101,28 @@ class Backbone:
             "compute_dtype": dtype_name(self.compute_dtype),
         }
 
-    def embed(self, crops: torch.Tensor, pooling: str) -> torch.Tensor:
-        """(B, 3, s, s) raw crops in [0, 255] -> (B, D) float32 pooled embeddings."""
+    def embed(self, crops: torch.Tensor, pooling: str, layers: tuple[int, ...] | None = None) -> torch.Tensor:
+        """(B, 3, s, s) raw crops in [0, 255] -> (B, D) float32 pooled embeddings of the last
+        layer (``layers=None``), or (B, K, D) of the K hidden states ``layers`` (from
+        :meth:`hidden_state_indices`)."""
         net = load_model(self.model, "backbone", self.device)
         pixels = normalize(crops, self.model.rescale, self.model.mean, self.model.std)
+        if layers is None:
+            with autocast(self.device, self.compute_dtype):
+                hidden = net(pixel_values=pixels).last_hidden_state  # (B, 1 + R + L, D)
+            return pool_tokens(hidden.float(), pooling, self.registers)
+        final_norm = getattr(net, "layernorm", None)
+        if not isinstance(final_norm, torch.nn.LayerNorm):
+            raise ModelError(f"model {self.name!r} ({type(net).__name__}) has no final `layernorm`; layers other than -1 need a DINOv2-like encoder")
         with autocast(self.device, self.compute_dtype):
-            hidden = net(pixel_values=pixels).last_hidden_state  # (B, 1 + R + L, D)
-        return pool_tokens(hidden.float(), pooling, self.registers)
+            # every hidden state, not hooks on chosen blocks: output_hidden_states is transformers'
+            # public contract for every encoder; the cost is memory, (num_layers + 1) x one output
+            states = net(pixel_values=pixels, output_hidden_states=True).hidden_states  # num_layers + 1 x (B, 1 + R + L, D)
+            # the final norm on each, as the model applies it to the last: all on one scale, and
+            # the last layer's rows equal those of the default path
+            hidden = torch.stack([final_norm(states[i]) for i in layers], 1)  # (B, K, 1 + R + L, D)
+        B, K = hidden.shape[:2]
+        return pool_tokens(hidden.float().flatten(0, 1), pooling, self.registers).reshape(B, K, -1)  # (B, K, D)
 
 
 def pool_tokens(hidden: torch.Tensor, pooling: str, registers: int = 0) -> torch.Tensor:
@@ -99,33 +144,53 @@ class AppearanceExtractor:
         self.backbone = Backbone(config.backbone, config.local_files_only, config.device, config.dtype, config.crop_size)
 
     def spec(self) -> dict:
-        return {
+        spec = {
             "feature_version": FEATURE_VERSION,
             **self.backbone.spec(),
             "crop": {"size": [self.config.crop_size, self.config.crop_size], "context": float(self.config.context), "sampling": SAMPLING},
             "pooling": self.config.pooling,
             "output_dtype": "float16",
         }
+        if self.layers is not None:  # only then: stores of the last layer alone keep the fingerprint they had
+            spec["layers"] = list(self.layers)
+        return spec
+
+    @cached_property
+    def layers(self) -> tuple[int, ...] | None:
+        """The hidden states to pool (0 .. num_layers, shallow to deep); None: the last alone."""
+        return self.backbone.hidden_state_indices(self.config.layers)
 
     @property
     def dim(self) -> int:
+        """D, the pooled size of one layer."""
         return self.backbone.hidden_size * (2 if self.config.pooling == "cls+mean" else 1)
 
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """(D,) for one layer, (L, D) for several."""
+        return (self.dim,) if self.layers is None or len(self.layers) == 1 else (len(self.layers), self.dim)
+
     def arrays(self) -> list[ArraySpec]:
-        return [ArraySpec("appearance", (self.dim,), "float16", ("appearance_dim",))]
+        dims = ("appearance_dim",) if len(self.row_shape) == 1 else (LAYER_DIM, "appearance_dim")
+        return [ArraySpec("appearance", self.row_shape, "float16", dims)]
 
     def extract(self, clips: Sequence[Clip]) -> list[dict[str, np.ndarray]]:
         plan, values = self.features(clips)
         return [{"appearance": a} for a in plan.scatter(values.half().cpu().numpy(), clips)]
 
     def features(self, clips: Sequence[Clip]) -> tuple[CropPlan, torch.Tensor]:
-        """The group's crop plan and (P, D) float32 embeddings of its valid person-frames, on the device."""
+        """The group's crop plan and (P, *row_shape) float32 embeddings of its valid person-frames, on the device."""
         plan = CropPlan.of(clips)
         if not len(plan):
-            return plan, torch.zeros((0, self.dim), device=self.backbone.device)
+            return plan, torch.zeros((0, *self.row_shape), device=self.backbone.device)
         self.backbone.check_crop_size()
+        layers, shape = self.layers, self.row_shape
         with torch.inference_mode():
             bank = FrameBank(clips, plan, self.backbone.device)
             windows = context_windows(torch.from_numpy(plan.boxes).to(self.backbone.device), float(self.config.context))
             size = (self.config.crop_size, self.config.crop_size)
-            return plan, map_crops(bank, windows, size, self.config.batch_size, lambda crops: self.backbone.embed(crops, self.config.pooling))
+
+            def embed(crops: torch.Tensor) -> torch.Tensor:  # (B, 3, s, s) -> (B, *row_shape); one layer: (B, 1, D) -> (B, D)
+                return self.backbone.embed(crops, self.config.pooling, layers).reshape(len(crops), *shape)
+
+            return plan, map_crops(bank, windows, size, self.config.batch_size, embed)
