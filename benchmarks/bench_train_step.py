@@ -1,22 +1,33 @@
-"""Forward and backward time of one ranker training step: ImportanceRanker vs the user's original.
+"""Forward and backward time of one ranker training step: msgvip's ImportanceRanker against svip's own code.
 
-Both models get the same batch (default: the user's real shape, 8 clips x 120 frames x 20 person
-slots, ~6 persons present per frame, 768-d appearance + 18-d geometry per person-frame), the same
-loss (``ranking_loss``) and no optimizer step. "forward" is model + loss, "backward" is
-``loss.backward()``; gradients are cleared outside the timed regions.
+All models get the same batch (default: the user's real shape, 8 clips x 120 frames x 20 person
+slots, ~6 persons present per frame, 768-d appearance + geometry per person-frame) in the same
+process, one step of each in turn per round so that load on the machine falls on all of them
+alike; each is fed as its own training loop feeds it (msgvip: the valid person-frames as packed
+rows; svip: padded to 20 slots). "forward" is model + loss, "backward" is ``loss.backward()``; no optimizer step; gradients
+are cleared outside the timed regions. Each side uses its own loss: msgvip the trainer's
+(``model.loss_terms`` with the default ``TrainConfig``), svip its ``CombinedLoss``. Both run in
+float32 (svip's training loop would autocast to bfloat16 on a CPU; msgvip's trainer does not).
 
-The BASELINE reproduces the user's way of computing the same architecture (reference 001):
-width 768 throughout, a Python loop over frames calling a 2-layer x 4-head GATv2
-(``torch_geometric.nn.GATv2Conv``) on all N slots of every clip (padding included), then a
-2-layer x 12-head temporal Transformer over every slot (B * N sequences of length T, key padding
-for absent frames), an event token, attention pooling and the dual head. The user measured
-22.6 s forward + 21.7 s backward per step for their model on a 2-core CPU. (Their README notes the
-dual head doubled their cost; this baseline runs the temporal Transformer once, so the ratio
-printed here is conservative.)
+Models:
 
-    python benchmarks/bench_train_step.py                 # full size, CPU
-    python benchmarks/bench_train_step.py --quick         # tiny smoke run
-    python benchmarks/bench_train_step.py --device cuda --repeats 20 --json
+- ``msgvip``: ``RankerConfig()``, the default model;
+- ``msgvip-768``: msgvip at svip's widths, ``WIDTH_MATCHED`` below (see there);
+- ``svip``: svip's ``ImportanceRanker`` from its own default config (github.com/yml2002/svip;
+  written against commit 26674fd), built from the checkout that ``SVIP_REPO`` points at, with its
+  frozen DINOv2 replaced by nothing as in its cached-feature mode: it is fed the L2-normalised
+  CLS features and the 256-d box features its feature cache holds (the output of its box MLP).
+  Without ``SVIP_REPO`` only msgvip is timed.
+
+Printed: each model's median forward, backward and step time and the ratios svip / msgvip.
+
+    SVIP_REPO=/tmp/svip python benchmarks/bench_train_step.py      # full size, CPU
+    python benchmarks/bench_train_step.py                          # msgvip alone
+    python benchmarks/bench_train_step.py --quick                  # tiny smoke run
+    SVIP_REPO=/tmp/svip python benchmarks/bench_train_step.py --device cuda --repeats 10 --json
+
+(``mkdir /tmp/svip && git --git-dir svip.git archive HEAD | tar -x -C /tmp/svip`` makes a
+checkout from a bare clone.)
 """
 
 from __future__ import annotations
@@ -24,20 +35,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATv2Conv
 
-from msgvip.ranker.losses import ranking_loss
 from msgvip.ranker.model import ImportanceRanker, RankerConfig
+from msgvip.ranker.trainer import TrainConfig
 
 FEATURE_DIMS = {"appearance": 768, "geometry": 18}
+SVIP_GEOMETRY_DIM = 256  # svip's BBoxGeomConfig.feature_dim: what its feature cache holds per box
+
+#: msgvip at svip's widths. svip: fused 1024 -> GATv2 512 (2 layers x 4 heads) -> temporal
+#: Transformer 768 (2 layers x 12 heads, feed-forward 1024). msgvip has one width for every stage,
+#: so: 768 (narrower than svip's fusion, wider than its GAT), the same layers and heads, and
+#: feed-forward 1 x 768, the nearest whole multiple of 768 to svip's 1024 (2 x 768 = 1536 is
+#: further away).
+WIDTH_MATCHED = RankerConfig(hidden=768, gat_layers=2, gat_heads=4, temporal_layers=2,
+                             temporal_heads=12, ff_mult=1)
 
 
 def make_batch(B: int, T: int, N: int, valid: int, device: str, seed: int = 0):
@@ -46,6 +68,8 @@ def make_batch(B: int, T: int, N: int, valid: int, device: str, seed: int = 0):
     Each clip has ``K = ceil(valid / 0.75)`` persons (at most N) in random slots; each is visible in
     one contiguous span of 50-100 % of the frames, so ~``valid`` persons are present per frame.
     Padded person-frames hold random values (the models must ignore them).
+
+    Returns features (name -> (B, T, N, D)), mask (B, T, N), target (B,), person_valid (B, N).
     """
     g = torch.Generator().manual_seed(seed)
     K = min(N, math.ceil(valid / 0.75))
@@ -63,73 +87,41 @@ def make_batch(B: int, T: int, N: int, valid: int, device: str, seed: int = 0):
     return {k: to(v) for k, v in features.items()}, to(mask), to(target), to(person_valid)
 
 
-class UserBaseline(nn.Module):
-    """The user's original computation: frame loop for the graph, every padded slot in time.
+def msgvip_step(config: RankerConfig, batch, device: str) -> tuple[nn.Module, Callable[[], Tensor]]:
+    """msgvip's model and loss, fed the valid rows only as its trainer feeds them (packed batches)."""
+    features, mask, target, valid = batch
+    rows = {k: v[mask] for k, v in features.items()}  # (V, D) each, in mask.nonzero() order
+    torch.manual_seed(0)
+    model = ImportanceRanker(config, FEATURE_DIMS).to(device).train()
+    train = TrainConfig()
+    return model, lambda: model.loss_terms(model(rows, mask), target, valid, train).total
 
-    Shapes: features[name] (B, T, N, D_name), person_mask (B, T, N) -> logits (B, N), -inf at
-    slots valid in no frame.
-    """
 
-    def __init__(self, feature_dims: dict[str, int], d: int = 768, gat_layers: int = 2,
-                 gat_heads: int = 4, temporal_layers: int = 2, temporal_heads: int = 12,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        self.names = sorted(feature_dims)
-        self.norms = nn.ModuleDict({k: nn.LayerNorm(feature_dims[k]) for k in self.names})
-        self.fuse = nn.Linear(sum(feature_dims.values()), d)
-        self.gats = nn.ModuleList(GATv2Conv(d, d // gat_heads, heads=gat_heads) for _ in range(gat_layers))
-        self.gat_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(gat_layers))
-        self.frame_embedding = nn.Embedding(512, d)
-        layer = nn.TransformerEncoderLayer(d, temporal_heads, dropout=dropout, batch_first=True)
-        self.temporal = nn.TransformerEncoder(layer, temporal_layers, enable_nested_tensor=False)
-        self.event_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.event_attn = nn.MultiheadAttention(d, 8, batch_first=True)
-        self.pool_score = nn.Sequential(nn.Linear(d, d // 4), nn.Tanh(), nn.Linear(d // 4, 1))
-        self.self_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
-        self.rel_attn = nn.MultiheadAttention(d, 8, batch_first=True)
-        self.rel_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
-        self.gate = nn.Linear(2 * d, 1)
+def svip_step(repo: Path, batch, device: str) -> tuple[nn.Module, Callable[[], Tensor]]:
+    """svip's model and loss from its checkout, fed what its cached-feature mode is fed."""
+    sys.path.insert(0, str(repo))
+    from src.configs.config import get_default_config
+    from src.models import importance_ranker
+    from src.training.loss import CombinedLoss
 
-    def forward(self, features: dict[str, Tensor], person_mask: Tensor) -> Tensor:
-        B, T, N = person_mask.shape
-        x = torch.cat([self.norms[k](features[k].float()) for k in self.names], -1)
-        x = F.gelu(self.fuse(x)) * person_mask.unsqueeze(-1)  # (B, T, N, d), padding zeroed
-        d = x.shape[-1]
+    # the frozen DINOv2: not run when features are cached (and not downloadable here)
+    importance_ranker.VisionEncoder = lambda **kwargs: nn.Identity()
+    config = get_default_config()
+    torch.manual_seed(0)
+    model = importance_ranker.ImportanceRanker(config).to(device).train()
+    loss = CombinedLoss(config)
+    features, mask, target, _ = batch
+    absent = ~mask.unsqueeze(-1)
+    vision = F.normalize(features["appearance"], dim=-1).masked_fill(absent, 0.0)  # (B, T, N, 768)
+    g = torch.Generator().manual_seed(1)
+    geometry = torch.randn(*mask.shape, SVIP_GEOMETRY_DIM, generator=g).to(device).masked_fill(absent, 0.0)  # (B, T, N, 256)
 
-        # fully connected graph over all N slots of each clip, built once per call
-        local = torch.arange(N, device=x.device)
-        src = local.repeat_interleave(N).repeat(B) + torch.arange(B, device=x.device).repeat_interleave(N * N) * N
-        dst = local.repeat(N).repeat(B) + torch.arange(B, device=x.device).repeat_interleave(N * N) * N
-        edge_index = torch.stack([src, dst])
-        frames = []
-        for t in range(T):  # the user's per-frame loop
-            h = x[:, t].reshape(B * N, d)
-            for gat, norm in zip(self.gats, self.gat_norms):
-                h = norm(h + F.gelu(gat(h, edge_index)))
-            frames.append(h.view(B, N, d))
-        x = torch.stack(frames, 1)  # (B, T, N, d)
+    def step() -> Tensor:
+        out = model(vision_features=vision, geometry_features=geometry, person_mask=mask, target_index=target)
+        return loss.get_loss_components(importance_logits=out["importance_logits"], target_index=target,
+                                        person_mask=mask)["total_loss"]
 
-        seq = x.permute(0, 2, 1, 3).reshape(B * N, T, d) + self.frame_embedding.weight[:T]
-        absent = ~person_mask.permute(0, 2, 1).reshape(B * N, T)  # (B*N, T)
-        absent = absent & ~absent.all(1, keepdim=True)  # empty slots attend to all (avoid NaN)
-        seq = self.temporal(seq, src_key_padding_mask=absent)  # (B*N, T, d) every slot
-
-        tokens = seq.view(B, N * T, d)
-        event, _ = self.event_attn(self.event_token.expand(B, -1, -1), tokens, tokens,
-                                   key_padding_mask=absent.view(B, N * T))  # (B, 1, d)
-        score = self.pool_score(seq).squeeze(-1).masked_fill(absent, float("-inf"))  # (B*N, T)
-        person = (score.softmax(1).unsqueeze(-1) * seq).sum(1).view(B, N, d)
-        person = torch.cat([person, event.expand(-1, N, -1)], -1)  # (B, N, 2d)
-
-        valid = person_mask.any(1)  # (B, N)
-        s_self = self.self_head(person).squeeze(-1)
-        q = person[..., :d]
-        ctx, _ = self.rel_attn(q, q, q, key_padding_mask=~valid)
-        rel_in = torch.cat([q, ctx], -1)
-        s_rel = self.rel_head(rel_in).squeeze(-1)
-        g = torch.sigmoid(self.gate(rel_in)).squeeze(-1)
-        logits = g * s_self + (1 - g) * s_rel
-        return logits.masked_fill(~valid, float("-inf"))
+    return model, step
 
 
 def _sync(device: str) -> None:
@@ -137,36 +129,37 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(model: nn.Module, batch, device: str, warmup: int, repeats: int) -> dict[str, float]:
-    features, mask, target, valid = batch
-    model.train()
-    forward, backward = [], []
+def time_rounds(steps: dict[str, tuple[nn.Module, Callable[[], Tensor]]], device: str, warmup: int,
+                repeats: int) -> dict[str, dict]:
+    """Per round, one step of every model in turn; medians over the rounds after ``warmup``."""
+    runs = {name: ([], []) for name in steps}
     for i in range(warmup + repeats):
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = ranking_loss(model(features, mask), target, valid)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{type(model).__name__} produced a non-finite loss {loss.item()}")
-        if i >= warmup:
-            forward.append((t1 - t0) * 1e3)
-            backward.append((t2 - t1) * 1e3)
-    fwd, bwd = statistics.median(forward), statistics.median(backward)
-    return {
-        "forward_ms": fwd,
-        "backward_ms": bwd,
-        "step_ms": fwd + bwd,
-        "forward_ms_runs": [round(x, 2) for x in forward],  # this VM is noisy: show the spread
-        "backward_ms_runs": [round(x, 2) for x in backward],
-        "repeats": repeats,
-        "warmup": warmup,
-        "params": sum(p.numel() for p in model.parameters()),
-    }
+        for name, (model, step) in steps.items():
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            loss = step()
+            _sync(device)
+            t1 = time.perf_counter()
+            loss.backward()
+            _sync(device)
+            t2 = time.perf_counter()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{name} produced a non-finite loss {loss.item()}")
+            if i >= warmup:
+                runs[name][0].append((t1 - t0) * 1e3)
+                runs[name][1].append((t2 - t1) * 1e3)
+    results = {}
+    for name, (forward, backward) in runs.items():
+        fwd, bwd = statistics.median(forward), statistics.median(backward)
+        results[name] = {
+            "forward_ms": fwd,
+            "backward_ms": bwd,
+            "step_ms": fwd + bwd,
+            "step_ms_runs": [round(f + b, 1) for f, b in zip(forward, backward)],  # the spread on a noisy machine
+            "params": sum(p.numel() for p in steps[name][0].parameters()),
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,24 +169,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--slots", type=int, default=20)
     p.add_argument("--valid", type=int, default=6, help="persons present per frame, on average")
-    p.add_argument("--repeats", type=int, default=10, help="timed steps of ImportanceRanker")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps of ImportanceRanker")
-    p.add_argument("--baseline-repeats", type=int, default=1)
-    p.add_argument("--baseline-warmup", type=int, default=1)
-    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (one step of every model each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
+    p.add_argument("--svip-repo", type=Path, default=os.environ.get("SVIP_REPO") or None,
+                   help="checkout of github.com/yml2002/svip (default: $SVIP_REPO); without it only msgvip is timed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke run")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke run")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.frames, args.slots, args.valid = 2, 8, 5, 3
-        args.repeats = args.warmup = args.baseline_repeats = args.baseline_warmup = 1
+        args.repeats, args.warmup = 1, 0
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    if args.svip_repo is not None and not (args.svip_repo / "src" / "models" / "importance_ranker.py").is_file():
+        p.error(f"no svip checkout at {args.svip_repo} (src/models/importance_ranker.py missing): "
+                "point SVIP_REPO or --svip-repo at a checkout of github.com/yml2002/svip")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
     batch = make_batch(args.batch, args.frames, args.slots, args.valid, args.device)
     mask = batch[1]
     shape = {
@@ -202,25 +196,25 @@ def main(argv: list[str] | None = None) -> dict:
         "persons_per_clip": round(batch[3].sum().item() / args.batch, 2),
         "feature_dims": FEATURE_DIMS,
     }
-    results = {}
-    ours = ImportanceRanker(RankerConfig(), FEATURE_DIMS).to(args.device)
-    results["ours"] = time_steps(ours, batch, args.device, args.warmup, args.repeats)
-    if not args.skip_baseline:
-        baseline = UserBaseline(FEATURE_DIMS).to(args.device)
-        results["baseline"] = time_steps(baseline, batch, args.device, args.baseline_warmup,
-                                         args.baseline_repeats)
+    configs = {"msgvip": RankerConfig(), "msgvip-768": WIDTH_MATCHED}
+    steps = {name: msgvip_step(config, batch, args.device) for name, config in configs.items()}
+    if args.svip_repo is not None:
+        steps["svip"] = svip_step(args.svip_repo, batch, args.device)
+    results = time_rounds(steps, args.device, args.warmup, args.repeats)
     report = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "shape": shape,
+        "configs": {name: config.to_dict() for name, config in configs.items()},
+        "svip_repo": str(args.svip_repo) if args.svip_repo is not None else None,
         "results": results,
     }
-    if "baseline" in results:
+    if "svip" in results:
         report["ratio"] = {
-            k: results["baseline"][f"{k}_ms"] / results["ours"][f"{k}_ms"]
-            for k in ("forward", "backward", "step")
+            name: {k: results["svip"][f"{k}_ms"] / results[name][f"{k}_ms"] for k in ("forward", "backward", "step")}
+            for name in configs
         }
 
     if args.json:
@@ -228,15 +222,18 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     print(f"device {report['device']}, {report['threads']} threads, torch {report['torch']}")
     print(f"batch {shape['batch']} clips x {shape['frames']} frames x {shape['slots']} slots, "
-          f"{shape['valid_per_frame']} persons per frame, {shape['persons_per_clip']} per clip")
-    print(f"{'model':<10} {'params':>11} {'forward ms':>12} {'backward ms':>12} {'step ms':>12} {'runs':>5}")
+          f"{shape['valid_per_frame']} persons per frame, {shape['persons_per_clip']} per clip; "
+          f"{args.repeats} timed rounds after {args.warmup} untimed")
+    print(f"{'model':<11} {'params':>11} {'forward ms':>11} {'backward ms':>12} {'step ms':>10}  steps (ms)")
     for name, r in results.items():
-        print(f"{name:<10} {r['params']:>11,} {r['forward_ms']:>12.1f} {r['backward_ms']:>12.1f} "
-              f"{r['step_ms']:>12.1f} {r['repeats']:>5}")
+        print(f"{name:<11} {r['params']:>11,} {r['forward_ms']:>11.1f} {r['backward_ms']:>12.1f} "
+              f"{r['step_ms']:>10.1f}  {r['step_ms_runs']}")
     if "ratio" in report:
-        ratio = report["ratio"]
-        print(f"baseline / ours: forward {ratio['forward']:.1f}x, backward {ratio['backward']:.1f}x, "
-              f"step {ratio['step']:.1f}x")
+        for name, ratio in report["ratio"].items():
+            print(f"svip / {name}: forward {ratio['forward']:.1f}x, backward {ratio['backward']:.1f}x, "
+                  f"step {ratio['step']:.1f}x")
+    else:
+        print("svip not measured: set SVIP_REPO (or --svip-repo) to a checkout of github.com/yml2002/svip")
     return report
 
 

@@ -232,3 +232,85 @@ def test_loss_rejects_target_on_invalid_slot():
     valid = torch.tensor([[True, False]])
     with pytest.raises(ValueError, match="not a valid person in clips \\[0\\]"):
         ranking_loss(torch.zeros(1, 2), torch.tensor([1]), valid)
+
+
+@pytest.mark.parametrize("someone_always_present", [True, False])
+def test_packed_temporal_encoder_matches_the_padded_one(someone_always_present):
+    """The temporal Transformer on packed present frames gives, at every present frame, what
+    ``nn.TransformerEncoder`` gives over whole (P, T) rows with absent frames key-padded, in both
+    of its code paths (eval, which PyTorch may fuse, and training)."""
+    from msgvip.ranker.model import _packed_encoder, _PersonGrid
+
+    encoder = make_model().temporal
+    g = torch.Generator().manual_seed(3)
+    P, T, H = 6, 9, TINY.hidden
+    present = torch.rand(P, T, generator=g) < 0.4
+    present[~present.any(1), 0] = True
+    present[0] = someone_always_present  # the grid is then as long as the clip (L = T), else shorter
+    present[0, 4] = True
+    seq = torch.randn(P, T, H, generator=g)
+    person, frame = present.nonzero(as_tuple=True)
+    place = (present.cumsum(1) - 1)[person, frame]
+    for training in (False, True):
+        encoder.train(training)
+        with torch.no_grad():
+            expected = encoder(seq, src_key_padding_mask=~present)[person, frame]
+            packed = _packed_encoder(encoder, seq[person, frame], _PersonGrid(person, place, present.sum(1)), 0.0)
+        torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_frame_blocks_compute_gatv2conv():
+    """A graph block attends over dense per-frame blocks with GATv2Conv's parameters: the same
+    output and input gradient as the conv itself on the edge list of each frame's complete graph
+    (frames of 1, 2, 3 and 5 persons, one frame empty)."""
+    from msgvip.ranker.model import _FrameBlocks, _GraphBlock
+
+    torch.manual_seed(0)
+    block = _GraphBlock(32, 4, dropout=0.0, attention_dropout=0.0)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p))  # no zero bias or unit norm to hide a wrong mapping
+    frame = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4, 4, 5, 5])  # frame 3 holds nobody
+    x = torch.randn(len(frame), 32, requires_grad=True)
+    frames = _FrameBlocks(frame, 6)
+    dense = torch.empty(x.shape).index_copy(0, frames.order, block(x[frames.order], frames))
+    (dense_grad,) = torch.autograd.grad(dense.square().sum(), x)
+    conv = block.conv(x, frame_graph_edges(frame, 6))
+    expected = block.norm(x + torch.nn.functional.gelu(conv))
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(dense, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dense_grad, expected_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_pooling_without_per_frame_keys_and_values_matches_the_textbook_form():
+    """Time pooling and the event token apply their key and value projections to the query and
+    to weighted sums, not to every frame: same output as attention over projected frames."""
+    from msgvip.ranker.model import _EventToken, _PersonGrid, _TimePooling
+
+    torch.manual_seed(0)
+    H, heads = 16, 4
+    d = H // heads
+    person = torch.tensor([0, 1, 0, 2, 1, 0, 2, 3])  # tokens of 4 persons
+    clip = torch.tensor([0, 0, 0, 2, 0, 0, 2, 2])  # persons 0, 1 in clip 0, persons 2, 3 in clip 2, clip 1 empty
+    place = torch.stack([(person[:i] == p).sum() for i, p in enumerate(person)])
+    grid = _PersonGrid(person, place, torch.bincount(person))
+    x, context = torch.randn(8, H), torch.randn(4, H)
+    pool, event = _TimePooling(H, heads), _EventToken(H, heads)
+    with torch.no_grad():
+        for p in [*pool.parameters(), *event.parameters()]:
+            p.copy_(torch.randn_like(p))
+
+    def attend(q, k, v):  # q (heads, d), k and v (n, heads, d) -> (H,)
+        alpha = ((k * q).sum(-1) / math.sqrt(d)).softmax(0)  # (n, heads)
+        return (alpha.unsqueeze(-1) * v).sum(0).reshape(H)
+
+    with torch.no_grad():
+        q = pool.query + pool.context_query(context).view(4, heads, d)
+        k, v = pool.key(x).view(8, heads, d), pool.value(x).view(8, heads, d)
+        expected = pool.out(torch.stack([attend(q[p], k[person == p], v[person == p]) for p in range(4)]))
+        torch.testing.assert_close(pool(x, grid, context), expected, atol=1e-5, rtol=1e-5)
+
+        k, v = event.key_value(event.norm(x)).view(8, 2, heads, d).unbind(1)
+        ctx = [attend(event.query, k[clip == b], v[clip == b]) if (clip == b).any() else torch.zeros(H) for b in range(3)]
+        expected = event.out(torch.stack(ctx))  # the empty clip: no context, the output layer's bias
+        torch.testing.assert_close(event(x, clip, grid, torch.tensor([0, 0, 2, 2]), 3), expected, atol=1e-5, rtol=1e-5)
