@@ -314,3 +314,20 @@ def test_attention_pooling_without_per_frame_keys_and_values_matches_the_textboo
         ctx = [attend(event.query, k[clip == b], v[clip == b]) if (clip == b).any() else torch.zeros(H) for b in range(3)]
         expected = event.out(torch.stack(ctx))  # the empty clip: no context, the output layer's bias
         torch.testing.assert_close(event(x, clip, grid, torch.tensor([0, 0, 2, 2]), 3), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_layered_family_is_mixed_by_learned_weights_and_stays_permutation_invariant():
+    torch.manual_seed(0)
+    model = ImportanceRanker(RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2),
+                             {"appearance": 3 * 8}, feature_layers={"appearance": 3})  # fmt: skip
+    mask = torch.rand(2, 5, 4) < 0.8
+    mask[:, 0, :2] = True
+    features = {"appearance": torch.randn(2, 5, 4, 24)}
+    logits = model(features, mask)
+    assert logits.shape == (2, 4)
+    logits[mask.any(1)].sum().backward()
+    assert model.layer_mix["appearance"].logits.grad.abs().sum() > 0
+    model.eval()
+    order = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(features, mask)[:, order], model({"appearance": features["appearance"][:, :, order]}, mask[:, :, order]))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import softmax as segment_softmax
 
+from .layer_mix import LayerMix
 from .losses import RankingLossTerms, ranking_loss_terms
 
 __all__ = ["INVALID_LOGIT", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
@@ -367,8 +368,9 @@ class ImportanceRanker(nn.Module):
 
     Pipeline (all on packed valid entries, see the module docstring):
 
-    1. fusion: per family ``LayerNorm -> Linear(D_name, H)``, summed (or concatenated and
-       projected, ``config.fusion``), then GELU + LayerNorm;
+    1. fusion: per family (layered families first mixed over their layers, ``feature_layers``)
+       ``LayerNorm -> Linear(D_name, H)``, summed (or concatenated and projected,
+       ``config.fusion``), then GELU + LayerNorm;
     2. ``config.gat_layers`` GATv2 blocks (``torch_geometric.nn.GATv2Conv``'s parameters and formula,
        ``config.gat_heads`` heads, residual + LayerNorm) over the persons of each frame;
     3. learned frame embedding + ``nn.TransformerEncoder`` (pre-norm, ``config.temporal_layers``
@@ -385,6 +387,11 @@ class ImportanceRanker(nn.Module):
         feature_dims: family name -> per person-frame feature size, e.g.
             ``{"appearance": 768, "geometry": 18}``. Multi-dimensional families (pose ``(K, 3)``)
             are flattened by the caller.
+        feature_layers: family name -> L for families whose rows hold L backbone layers
+            (``msgvip extract --layers``; see :func:`.layer_mix.layer_counts`), given flattened
+            as ``feature_dims[name] = L * D``. Each such family is reshaped to (V, L, D) and
+            mixed by a :class:`.layer_mix.LayerMix` into (V, D) before its LayerNorm and
+            projection; the linear skip path takes the mixed (V, D) too. Default: none.
 
     Shapes:
         - **input:** ``features[name]`` :math:`(B, T, N, D_{name})` float (float16 allowed; cast
@@ -408,7 +415,8 @@ class ImportanceRanker(nn.Module):
 
     accepts_packed = True  # features may come as (V, D) valid rows
 
-    def __init__(self, config: RankerConfig | None = None, feature_dims: dict[str, int] | None = None) -> None:
+    def __init__(self, config: RankerConfig | None = None, feature_dims: dict[str, int] | None = None,
+                 feature_layers: dict[str, int] | None = None) -> None:
         super().__init__()
         config = RankerConfig() if config is None else config
         if not feature_dims:
@@ -418,15 +426,25 @@ class ImportanceRanker(nn.Module):
             raise ValueError(f"feature_dims values must be positive ints, got {bad}")
         self.config = config
         self.feature_dims = dict(sorted(feature_dims.items()))  # fixed order: sum/concat is stable
+        feature_layers = dict(feature_layers or {})
+        bad = {k: n for k, n in feature_layers.items()
+               if k not in feature_dims or not isinstance(n, int) or isinstance(n, bool) or n < 2 or feature_dims[k] % n}
+        if bad:
+            raise ValueError(f"feature_layers {bad} must name families of feature_dims with >= 2 layers that divide their size {feature_dims}")
+        self.feature_layers = dict(sorted(feature_layers.items()))
+        # an empty ModuleDict holds no state: checkpoints from before layer mixing load unchanged
+        self.layer_mix = nn.ModuleDict({k: LayerMix(n) for k, n in self.feature_layers.items()})
+        # what the fusion and the skip path see of each family: one layer's D for a mixed family
+        self.input_dims = {k: d // feature_layers.get(k, 1) for k, d in self.feature_dims.items()}
         H = config.hidden
 
-        self.input_norms = nn.ModuleDict({k: nn.LayerNorm(d) for k, d in self.feature_dims.items()})
+        self.input_norms = nn.ModuleDict({k: nn.LayerNorm(d) for k, d in self.input_dims.items()})
         if config.fusion == "sum":
-            self.input_projs = nn.ModuleDict({k: nn.Linear(d, H) for k, d in self.feature_dims.items()})
+            self.input_projs = nn.ModuleDict({k: nn.Linear(d, H) for k, d in self.input_dims.items()})
             self.fuse = nn.Identity()
         else:
             self.input_projs = nn.ModuleDict()
-            self.fuse = nn.Linear(sum(self.feature_dims.values()), H)
+            self.fuse = nn.Linear(sum(self.input_dims.values()), H)
         self.fuse_norm = nn.LayerNorm(H)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -461,7 +479,7 @@ class ImportanceRanker(nn.Module):
         )
         self.relation = _RelationHead(H, config.relation_heads, config.dropout) if config.dual_head else None
         self.stats = nn.Linear(2 * H + 3, H) if config.track_stats else None
-        raw_dims = sum(self.feature_dims.values())
+        raw_dims = sum(self.input_dims.values())
         self.skip_norm = nn.BatchNorm1d(4 * raw_dims + 3, affine=False) if config.linear_skip else None
         self.skip = nn.Linear(4 * raw_dims + 3, 1) if config.linear_skip else None
         if self.skip is not None:
@@ -598,9 +616,13 @@ class ImportanceRanker(nn.Module):
         return terms._replace(total=terms.total + self.config.skip_loss_weight * alone)
 
     def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype, node_b: Tensor, B: int) -> tuple[Tensor, Tensor]:
-        # features[name] (V, D_name) -> fused (V, H), the raw inputs side by side (V, sum D)
-        raw = torch.cat([features[k].to(dtype) for k in self.feature_dims], -1)
-        normed = {k: self.input_norms[k](features[k].to(dtype)) for k in self.feature_dims}
+        # features[name] (V, D_name), a layered family (V, L * D) -> fused (V, H), the inputs after
+        # the layer mix side by side (V, sum D)
+        inputs = {k: features[k].to(dtype) for k in self.feature_dims}
+        for k, mix in self.layer_mix.items():
+            inputs[k] = mix(inputs[k].unflatten(-1, (mix.layers, -1)))  # (V, L * D) -> (V, L, D) -> (V, D)
+        raw = torch.cat(list(inputs.values()), -1)
+        normed = {k: self.input_norms[k](v) for k, v in inputs.items()}
         if self.config.fusion == "sum":
             parts = torch.stack([self.input_projs[k](v) for k, v in normed.items()])  # (F, V, H)
             if self.training and self.config.family_dropout > 0 and len(parts) > 1:
@@ -613,4 +635,8 @@ class ImportanceRanker(nn.Module):
         return self.dropout(self.fuse_norm(F.gelu(x))), raw
 
     def extra_repr(self) -> str:
-        return f"feature_dims={self.feature_dims}"
+        return f"feature_dims={self.feature_dims}" + (f", feature_layers={self.feature_layers}" if self.feature_layers else "")
+
+    def layer_weights(self) -> dict[str, list[float]]:
+        """family -> its LayerMix weights, shallow to deep (families with one layer are absent)."""
+        return {k: mix.weights().tolist() for k, mix in self.layer_mix.items()}

@@ -90,6 +90,15 @@ def preset_of(config: object) -> Preset:
     raise TypeError(f"{type(config).__name__} is the config of no model preset ({sorted(PRESETS)})")
 
 
-def build_model(config: object, feature_dims: Mapping[str, int]) -> nn.Module:
-    """The preset's model; inputs it cannot take (e.g. rgt without geometry) are a ValueError naming them."""
-    return preset_of(config).model(config, dict(feature_dims))
+def build_model(config: object, feature_dims: Mapping[str, int], feature_layers: Mapping[str, int] | None = None) -> nn.Module:
+    """The preset's model; inputs it cannot take (e.g. rgt without geometry, several backbone
+    layers for a preset that does not mix them) are a ValueError naming them."""
+    preset = preset_of(config)
+    if not feature_layers:
+        return preset.model(config, dict(feature_dims))
+    if preset.name != "msgvip":
+        raise ValueError(
+            f"model {preset.name!r} takes one backbone layer per family, but {dict(feature_layers)} hold several (layer counts); "
+            "use --model msgvip, or a store extracted with --layers -1"
+        )
+    return preset.model(config, dict(feature_dims), feature_layers=dict(feature_layers))

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
+from .layer_mix import layer_counts
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
 from .model import RankerConfig
@@ -310,8 +311,9 @@ def train(
             model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
 
         torch.manual_seed(cfg.seed)
+        feature_layers = layer_counts(store.specs, train_data.families)  # families stored as (L, D): the model mixes them
         try:
-            model = build_model(model_config, train_data.feature_dims).to(runtime.device)
+            model = build_model(model_config, train_data.feature_dims, feature_layers).to(runtime.device)
         except ValueError as err:
             raise ConfigError(f"{store.location}: {err}") from None
         loss_terms = model.loss_terms  # kept before a DDP wrap hides it
@@ -320,7 +322,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
         config_record = {
             "train": asdict(cfg), "model_preset": preset.name, "model": model_config.to_dict(), "families": train_data.families,
-            "feature_dims": train_data.feature_dims, "fingerprint": store.fingerprint, "store": store.location,
+            "feature_dims": train_data.feature_dims, "feature_layers": feature_layers, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
             "unmatched_labels": unmatched,
         }  # fmt: skip
@@ -493,7 +495,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]
     config = state["config"]
     try:
         preset = preset_named(config.get("model_preset", DEFAULT_PRESET))
-        model = build_model(preset.config(**config["model"]), config["feature_dims"])
+        model = build_model(preset.config(**config["model"]), config["feature_dims"], config.get("feature_layers"))  # absent: a run from before layer mixing
         model.load_state_dict(state["model"])
     except (TypeError, KeyError, ValueError, RuntimeError) as err:
         raise ConfigError(f"{path}: its model does not match its config ({type(err).__name__}: {str(err).splitlines()[0]}); the checkpoint is damaged") from None
