@@ -2,12 +2,14 @@
 
 All models get the same batch (default: the user's real shape, 8 clips x 120 frames x 20 person
 slots, ~6 persons present per frame, 768-d appearance + geometry per person-frame) in the same
-process, one step of each in turn per round so that load on the machine falls on all of them
-alike; each is fed as its own training loop feeds it (msgvip: the valid person-frames as packed
-rows; svip: padded to 20 slots). "forward" is model + loss, "backward" is ``loss.backward()``; no optimizer step; gradients
-are cleared outside the timed regions. Each side uses its own loss: msgvip the trainer's
-(``model.loss_terms`` with the default ``TrainConfig``), svip its ``CombinedLoss``. Both run in
-float32 (svip's training loop would autocast to bfloat16 on a CPU; msgvip's trainer does not).
+process, the models in turn in every round (one svip step, ``--msgvip-steps`` of each msgvip
+model, whose steps are cheap) so that load on the machine falls on all of them alike. Each is
+fed as its own training loop feeds it: msgvip the valid person-frames as packed rows, svip
+padded (B, T, N) tensors. "forward" is model + loss, "backward" is ``loss.backward()``; no
+optimizer step; gradients are cleared outside the timed regions. Each side uses its own loss:
+msgvip the trainer's (``model.loss_terms`` with the default ``TrainConfig``), svip its
+``CombinedLoss``. Both run in float32 (svip's training loop would autocast to bfloat16 on a
+CPU; msgvip's trainer does not).
 
 Models:
 
@@ -19,7 +21,8 @@ Models:
   CLS features and the 256-d box features its feature cache holds (the output of its box MLP).
   Without ``SVIP_REPO`` only msgvip is timed.
 
-Printed: each model's median forward, backward and step time and the ratios svip / msgvip.
+Printed: each model's median forward, backward and step time over the timed rounds, and the
+ratios svip / msgvip of those medians.
 
     SVIP_REPO=/tmp/svip python benchmarks/bench_train_step.py      # full size, CPU
     python benchmarks/bench_train_step.py                          # msgvip alone
@@ -104,7 +107,7 @@ def svip_step(repo: Path, batch, device: str) -> tuple[nn.Module, Callable[[], T
     from src.models import importance_ranker
     from src.training.loss import CombinedLoss
 
-    # the frozen DINOv2: not run when features are cached (and not downloadable here)
+    # its frozen DINOv2 never runs in cached-feature mode: build nothing instead of loading its weights
     importance_ranker.VisionEncoder = lambda **kwargs: nn.Identity()
     config = get_default_config()
     torch.manual_seed(0)
@@ -114,7 +117,8 @@ def svip_step(repo: Path, batch, device: str) -> tuple[nn.Module, Callable[[], T
     absent = ~mask.unsqueeze(-1)
     vision = F.normalize(features["appearance"], dim=-1).masked_fill(absent, 0.0)  # (B, T, N, 768)
     g = torch.Generator().manual_seed(1)
-    geometry = torch.randn(*mask.shape, SVIP_GEOMETRY_DIM, generator=g).to(device).masked_fill(absent, 0.0)  # (B, T, N, 256)
+    geometry = torch.randn(*mask.shape, SVIP_GEOMETRY_DIM, generator=g).to(device)
+    geometry = geometry.masked_fill(absent, 0.0)  # (B, T, N, 256)
 
     def step() -> Tensor:
         out = model(vision_features=vision, geometry_features=geometry, person_mask=mask, target_index=target)
@@ -130,25 +134,14 @@ def _sync(device: str) -> None:
 
 
 def time_rounds(steps: dict[str, tuple[nn.Module, Callable[[], Tensor]]], device: str, warmup: int,
-                repeats: int) -> dict[str, dict]:
-    """Per round, one step of every model in turn; medians over the rounds after ``warmup``."""
+                repeats: int, per_round: dict[str, int]) -> dict[str, dict]:
+    """Per round, ``per_round[name]`` steps of every model in turn; medians over the rounds after
+    ``warmup``."""
     runs = {name: ([], []) for name in steps}
     for i in range(warmup + repeats):
         for name, (model, step) in steps.items():
-            model.zero_grad(set_to_none=True)
-            _sync(device)
-            t0 = time.perf_counter()
-            loss = step()
-            _sync(device)
-            t1 = time.perf_counter()
-            loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"{name} produced a non-finite loss {loss.item()}")
-            if i >= warmup:
-                runs[name][0].append((t1 - t0) * 1e3)
-                runs[name][1].append((t2 - t1) * 1e3)
+            for _ in range(per_round[name]):
+                _time_step(name, model, step, device, runs[name] if i >= warmup else None)
     results = {}
     for name, (forward, backward) in runs.items():
         fwd, bwd = statistics.median(forward), statistics.median(backward)
@@ -162,6 +155,25 @@ def time_rounds(steps: dict[str, tuple[nn.Module, Callable[[], Tensor]]], device
     return results
 
 
+def _time_step(name: str, model: nn.Module, step: Callable[[], Tensor], device: str,
+               runs: tuple[list[float], list[float]] | None) -> None:
+    """One step; its forward and backward milliseconds appended to ``runs`` unless None."""
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = step()
+    _sync(device)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    t2 = time.perf_counter()
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{name} produced a non-finite loss {loss.item()}")
+    if runs is not None:
+        runs[0].append((t1 - t0) * 1e3)
+        runs[1].append((t2 - t1) * 1e3)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -169,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--slots", type=int, default=20)
     p.add_argument("--valid", type=int, default=6, help="persons present per frame, on average")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (one step of every model each)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    p.add_argument("--msgvip-steps", type=int, default=3,
+                   help="steps of each msgvip model per round (svip takes one): more samples where they are cheap")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     p.add_argument("--svip-repo", type=Path, default=os.environ.get("SVIP_REPO") or None,
                    help="checkout of github.com/yml2002/svip (default: $SVIP_REPO); without it only msgvip is timed")
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.frames, args.slots, args.valid = 2, 8, 5, 3
-        args.repeats, args.warmup = 1, 0
+        args.repeats, args.warmup, args.msgvip_steps = 1, 0, 1
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch.cuda.is_available() is False")
     if args.svip_repo is not None and not (args.svip_repo / "src" / "models" / "importance_ranker.py").is_file():
@@ -200,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = {name: msgvip_step(config, batch, args.device) for name, config in configs.items()}
     if args.svip_repo is not None:
         steps["svip"] = svip_step(args.svip_repo, batch, args.device)
-    results = time_rounds(steps, args.device, args.warmup, args.repeats)
+    per_round = {name: 1 if name == "svip" else args.msgvip_steps for name in steps}
+    results = time_rounds(steps, args.device, args.warmup, args.repeats, per_round)
     report = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(),
@@ -223,8 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device {report['device']}, {report['threads']} threads, torch {report['torch']}")
     print(f"batch {shape['batch']} clips x {shape['frames']} frames x {shape['slots']} slots, "
           f"{shape['valid_per_frame']} persons per frame, {shape['persons_per_clip']} per clip; "
-          f"{args.repeats} timed rounds after {args.warmup} untimed")
-    print(f"{'model':<11} {'params':>11} {'forward ms':>11} {'backward ms':>12} {'step ms':>10}  steps (ms)")
+          f"{args.repeats} timed rounds after {args.warmup} untimed, each with {args.msgvip_steps} step(s) of each msgvip "
+          f"model{' and one of svip' if 'svip' in steps else ''}")
+    print(f"{'model':<11} {'params':>11} {'forward ms':>11} {'backward ms':>12} {'step ms':>10}  timed steps (ms)")
     for name, r in results.items():
         print(f"{name:<11} {r['params']:>11,} {r['forward_ms']:>11.1f} {r['backward_ms']:>12.1f} "
               f"{r['step_ms']:>10.1f}  {r['step_ms_runs']}")

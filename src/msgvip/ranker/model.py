@@ -247,7 +247,8 @@ class _GraphBlock(nn.Module):
         for (c, f), src, dst in zip(frames.sizes, source.split(rows), target.split(rows)):
             src, dst = src.view(f, c, heads, C), dst.view(f, c, heads, C)
             pair = F.leaky_relu(dst.unsqueeze(2) + src.unsqueeze(1), conv.negative_slope)  # (f, c_dst, c_src, heads, C)
-            alpha = F.dropout((pair * conv.att.view(heads, C)).sum(-1).softmax(2), conv.dropout, self.training)  # (f, c, c, heads)
+            alpha = (pair * conv.att.view(heads, C)).sum(-1).softmax(2)  # (f, c, c, heads) over each target's sources
+            alpha = F.dropout(alpha, conv.dropout, self.training)
             out.append(torch.einsum("fijh,fjhc->fihc", alpha, src).reshape(f * c, heads * C))
         return self.norm(x + self.dropout(F.gelu(torch.cat(out) + conv.bias)))
 
