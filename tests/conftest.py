@@ -6,6 +6,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+
+def random_batch(dims: dict[str, int], B: int, T: int, N: int, p: float, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs: random features (B, T, N, D) per family and a person mask (B, T, N) with
+    every clip holding at least one person."""
+    mask = torch.rand(B, T, N, generator=generator) < p
+    mask[:, 0, 0] = True
+    features = {k: torch.randn(B, T, N, d, generator=generator) for k, d in dims.items()}
+    return features, mask
+
+
+def garbage_like(x: torch.Tensor) -> torch.Tensor:
+    """What a padded slot or absent person-frame might hold: huge values, NaN, inf."""
+    out = torch.randn_like(x) * 1e6
+    out.view(-1)[::7] = float("nan")
+    out.view(-1)[3::11] = float("inf")
+    return out
+
+
+def with_garbage(features: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``features`` with garbage wherever ``mask`` (B, T, N) is False."""
+    return {k: torch.where(mask.unsqueeze(-1), v, garbage_like(v)) for k, v in features.items()}
 
 
 def tiny_clip(seed: int = 0, frames: int = 6, slots: int = 4, height: int = 24, width: int = 40, people: int = 3) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import garbage_like, random_batch, with_garbage
 
 from msgvip.ranker.losses import ranking_loss, ranking_loss_terms
 from msgvip.ranker.model import INVALID_LOGIT, ImportanceRanker, RankerConfig, frame_graph_edges
@@ -20,19 +21,7 @@ def make_model(config: RankerConfig = TINY, dims: dict[str, int] = DIMS) -> Impo
 
 
 def make_batch(B: int = 3, T: int = 6, N: int = 5, p: float = 0.6, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(B, T, N, generator=g) < p
-    mask[:, 0, 0] = True  # every clip has at least one person
-    features = {k: torch.randn(B, T, N, d, generator=g) for k, d in DIMS.items()}
-    return features, mask
-
-
-def garbage_like(x: torch.Tensor) -> torch.Tensor:
-    """Values a padded slot might hold: huge, NaN, inf."""
-    out = torch.randn_like(x) * 1e6
-    out.view(-1)[::7] = float("nan")
-    out.view(-1)[3::11] = float("inf")
-    return out
+    return random_batch(DIMS, B, T, N, p, torch.Generator().manual_seed(seed))
 
 
 def test_output_shape_and_dtype():
@@ -84,7 +73,7 @@ def test_permutation_and_padding_invariance(config):
     mask[2] = False
     mask[2, :3, 1] = True  # clip 2: a single person, present in 3 frames
     # garbage at the invalid person-frames of the original batch too
-    features = {k: torch.where(mask[..., None], v, garbage_like(v)) for k, v in features.items()}
+    features = with_garbage(features, mask)
     perm = torch.tensor([3, 0, 4, 1, 2])
     features2, mask2 = _permute_pad(features, mask, perm, extra_slots=3, extra_frames=4)
     with torch.no_grad():
@@ -113,7 +102,7 @@ def test_gradients_flow_to_every_parameter():
     torch.manual_seed(0)
     model = ImportanceRanker(TINY, DIMS).train()
     features, mask = make_batch(B=4, T=5, N=4, seed=3)
-    features = {k: torch.where(mask[..., None], v, garbage_like(v)) for k, v in features.items()}
+    features = with_garbage(features, mask)
     valid = mask.any(1)
     target = valid.float().argmax(1)  # first valid slot
     loss = ranking_loss(model(features, mask), target, valid)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import garbage_like, random_batch, with_garbage
 
 from msgvip.config import ExtractConfig
 from msgvip.data.synthetic import DemoDataConfig, write_demo_data
@@ -45,9 +46,7 @@ def make_model(config: RgtConfig = TINY, dims: dict[str, int] = ALL_DIMS) -> Rel
 def make_batch(B: int = 3, T: int = 8, N: int = 5, p: float = 0.7, seed: int = 1, dims: dict[str, int] = ALL_DIMS):
     """Random features with plausible geometry: centres drift, heights positive, some heads seen."""
     g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(B, T, N, generator=g) < p
-    mask[:, 0, 0] = True
-    features = {k: torch.randn(B, T, N, d, generator=g) for k, d in dims.items()}
+    features, mask = random_batch(dims, B, T, N, p, g)
     start, step = torch.rand(B, 1, N, 2, generator=g), 0.03 * torch.randn(B, 1, N, 2, generator=g)
     centre = start + step * torch.arange(T).view(1, T, 1, 1)  # (B, T, N, 2) walking people
     features["geometry"][..., [CX, CY]] = centre
@@ -57,18 +56,6 @@ def make_batch(B: int = 3, T: int = 8, N: int = 5, p: float = 0.7, seed: int = 1
     if "face" in dims:
         features["face"][..., -1] = (torch.rand(B, T, N, generator=g) < 0.5).float()
     return features, mask
-
-
-def garbage_like(x: torch.Tensor) -> torch.Tensor:
-    """Values a padded slot might hold: huge, NaN, inf."""
-    out = torch.randn_like(x) * 1e6
-    out.view(-1)[::7] = float("nan")
-    out.view(-1)[3::11] = float("inf")
-    return out
-
-
-def with_garbage(features, mask):
-    return {k: torch.where(mask[..., None], v, garbage_like(v)) for k, v in features.items()}
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import save_clip, tiny_clip
+from conftest import garbage_like, random_batch, save_clip, tiny_clip, with_garbage
 
 from msgvip.config import ConfigError, ExtractConfig
 from msgvip.data.clip import read_clip
@@ -41,23 +41,7 @@ def make_model(config: SvipConfig = TINY, dims: dict[str, int] = DIMS, seed: int
 
 
 def make_batch(B: int = 3, T: int = 6, N: int = 5, p: float = 0.6, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(B, T, N, generator=g) < p
-    mask[:, 0, 0] = True  # every clip has a person
-    features = {k: torch.randn(B, T, N, d, generator=g) for k, d in DIMS.items()}
-    return features, mask
-
-
-def garbage_like(x: torch.Tensor) -> torch.Tensor:
-    """What an absent person-frame might hold: huge values, NaN, inf."""
-    out = torch.randn_like(x) * 1e6
-    out.view(-1)[::7] = float("nan")
-    out.view(-1)[3::11] = float("inf")
-    return out
-
-
-def with_garbage(features: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: torch.where(mask.unsqueeze(-1), v, garbage_like(v)) for k, v in features.items()}
+    return random_batch(DIMS, B, T, N, p, torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------------------- model
