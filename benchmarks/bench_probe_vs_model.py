@@ -19,7 +19,8 @@ DEMO_TRAIN) once per seed and scores it on the test split. It prints:
     .venv/bin/python benchmarks/bench_probe_vs_model.py [--difficulty default hard] [--features geometry]
         [--seeds 0 1 2] [--clips 240] [--keep DIR] [--json]
 
-The default run (both difficulties, all four families, 3 seeds) took 4.5 minutes on 2 CPU cores.
+The default run (both difficulties, all four families, 3 seeds) took 7.5 minutes on 2 CPU cores
+shared with a test run.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import math
 import os
@@ -575,7 +574,6 @@ def section_temporal_vip(root: Path, clips: int, frames: int, slots: int, budget
 def section_throughput(case: Case, repeats: int, read_repeats: int, profile: bool, say) -> dict:
     """Section 3: whole-split write (already timed by Case.write) and read throughput."""
     mb = case.valid_bytes / 1e6
-    stores = {"v2": case.v2, "v1": case.v1}
 
     def store_read(kind: str) -> Callable[[], float]:
         def run() -> float:  # a fresh handle and the split's clips looked up first, not timed

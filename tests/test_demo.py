@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 from msgvip.data.synthetic import DemoDataConfig
 from msgvip.pipelines.demo import DEMO_MODEL, DEMO_TRAIN, run_demo

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import zarr.storage
 from click.testing import CliRunner
 from conftest import assert_same_clips, save_clip, tiny_clip

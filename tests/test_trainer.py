@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,8 @@ def test_the_skip_path_is_scored_on_its_own_in_training_only():
     features = {"geometry": torch.randn(4, 6, 5, 18)}
     target = torch.tensor([0, 1, 0, 1])
     valid = mask.any(1)
-    model = ImportanceRanker(SMALL_MODEL, {"geometry": 18})
+    config = replace(SMALL_MODEL, linear_skip=True)
+    model = ImportanceRanker(config, {"geometry": 18})
     torch.nn.init.normal_(model.skip.weight)
     cfg = TrainConfig()
     model.train()
@@ -204,9 +206,30 @@ def test_the_skip_path_is_scored_on_its_own_in_training_only():
     plain = ranking_loss_terms(logits, target, valid, cfg.margin, cfg.pairwise_weight).total
     alone = ranking_loss_terms(model._skip_logits, target, valid, pairwise_weight=0.0).ce
     assert float(alone.detach()) > 0
-    torch.testing.assert_close(model.loss_terms(logits, target, valid, cfg).total, plain + SMALL_MODEL.skip_loss_weight * alone)
+    torch.testing.assert_close(model.loss_terms(logits, target, valid, cfg).total, plain + config.skip_loss_weight * alone)
     model.eval()
     with torch.no_grad():
         logits = model(features, mask)
         assert model._skip_logits is None
         torch.testing.assert_close(model.loss_terms(logits, target, valid, cfg).total, ranking_loss_terms(logits, target, valid, cfg.margin, cfg.pairwise_weight).total)
+
+
+def test_a_run_recorded_before_later_model_options_loads_as_it_was_trained(store, tmp_path):
+    """Options added after a run was written (absent from its record) take the values that rebuild
+    the model it trained, not today's defaults: its weights load and score as before."""
+    from msgvip.ranker.model import RECORD_DEFAULTS
+    from msgvip.ranker.trainer import load_checkpoint, load_run, score_dataset, Runtime
+
+    old = replace(SMALL_MODEL, **RECORD_DEFAULTS)
+    train(store, tmp_path / "run", TrainConfig(epochs=1, batch_size=4), old, progress=False)
+    before, _ = load_run(tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    for key in RECORD_DEFAULTS:
+        assert key in state["config"]["model"]
+        del state["config"]["model"][key]
+    torch.save(state, tmp_path / "run" / "best.pt")
+    after, record = load_run(tmp_path / "run")
+    assert after.config == old and after.scene is None
+    data = StoreDataset(store, "val", in_memory="yes")
+    runtime = Runtime(torch.device("cpu"))
+    assert np.array_equal(score_dataset(before, data, runtime, 4, amp=False), score_dataset(after, data, runtime, 4, amp=False))

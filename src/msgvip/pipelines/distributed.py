@@ -14,7 +14,6 @@ the task elsewhere, and clips it had committed come back as cached.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from ..config import ConfigError, ExtractConfig
 from ..data.clip import ClipError

@@ -1,5 +1,6 @@
-"""The importance ranker: per person-frame fusion -> GATv2 per frame -> temporal Transformer per
-person -> event token -> attention pooling over time -> dual head (self / relation / gate).
+"""The importance ranker: per person-frame fusion -> GATv2 per frame -> scene track over the
+clip's frames -> temporal Transformer per person -> event token -> attention pooling over time ->
+dual head (self / relation / gate), plus a linear skip path on pooled inputs.
 
 The architecture is the user's best model (reference 001), rebuilt so that its cost follows the
 people, not the padding: every stage runs on packed valid entries only.
@@ -35,12 +36,19 @@ from torch_geometric.utils import softmax as segment_softmax
 from .layer_mix import LayerMix
 from .losses import RankingLossTerms, ranking_loss_terms
 
-__all__ = ["INVALID_LOGIT", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
+__all__ = ["INVALID_LOGIT", "RECORD_DEFAULTS", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
 
 #: Logit given to slots that hold no person in any frame of the clip. ``-inf`` so that such a slot
 #: never wins an argmax or a sort, whatever the real logits are; losses and metrics mask these
 #: slots explicitly as well, so they never see the value.
 INVALID_LOGIT = float("-inf")
+
+#: Most columns of a family that ``input_norm="auto"`` standardises per column.
+NARROW_FAMILY = 64
+
+#: What a run's config record meant by a field it lacks because it was written before the field
+#: existed: the value that rebuilds the model it was trained as.
+RECORD_DEFAULTS = {"track_stats": False, "scene_layers": 0, "input_norm": "layer"}
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,24 @@ class RankerConfig:
 
     hidden: int = 256  # H, width of every stage
     fusion: str = "sum"  # "sum": sum of per-family projections; "concat": concat, then project
+    # How each family's inputs are scaled before their projection. "batch": every column
+    # standardised over the person-frames (BatchNorm, no affine; running statistics in eval), so
+    # a small change in one column (a box 5% taller for a frame) keeps its size next to columns of
+    # other units. "layer": each row normalised across its own columns (LayerNorm), which keeps an
+    # embedding's quiet directions quiet. "auto": "batch" for families of at most
+    # NARROW_FAMILY columns (hand-made columns: geometry, svip_box), "layer" for wider ones.
+    input_norm: str = "auto"
     gat_layers: int = 2
     gat_heads: int = 4  # hidden must be divisible by gat_heads
+    # The clip around each frame: every frame's persons pooled (mean, max), mixed over nearby frames
+    # by depthwise convolutions and added to each person-frame. The graph sees one frame and the
+    # temporal Transformer one person; only here does a person's frame meet other persons' other
+    # frames ("two others raise an arm just after I do").
+    scene_layers: int = 2  # 0: no scene stage
+    scene_kernel: int = 9  # frames one convolution spans (odd)
     temporal_layers: int = 2
     temporal_heads: int = 8  # hidden must be divisible by temporal_heads
-    ff_mult: int = 4  # Transformer feed-forward width = ff_mult * hidden
+    ff_mult: int = 4  # feed-forward width (Transformer, scene track) = ff_mult * hidden
     max_frames: int = 512  # longest clip the learned frame embedding supports
     event_token: bool = True  # learned clip-context token attending over all person-frames
     event_heads: int = 4
@@ -69,9 +90,11 @@ class RankerConfig:
     # own it cannot see how long or when a person is there (a probe on such statistics beat it).
     track_stats: bool = True
     # A linear score on each person's standardised mean inputs, their difference from the clip's
-    # mean and the presence statistics, added to the logit: the model contains the linear probe,
-    # so depth has to earn its keep on top of it.
-    linear_skip: bool = True
+    # mean and the presence statistics, added to the logit: the model contains a linear probe.
+    # Off by default: over wide families (thousands of pooled columns, a few hundred clips) it
+    # memorised the training clips and held the deep path back (demo store, test Rank@1 of 3
+    # seeds 0.886 with it, 0.971 without; bench_probe_vs_model.py).
+    linear_skip: bool = False
     # The skip path also learns on its own (cross-entropy of its score alone, this weight), so it
     # stays a fitted probe even once the deep path has memorised the training clips.
     skip_loss_weight: float = 1.0
@@ -93,6 +116,8 @@ class RankerConfig:
                 raise TypeError(
                     f"RankerConfig.{f.name} must be {f.type}, got {type(value).__name__} {value!r}"
                 )
+        if self.input_norm not in ("auto", "batch", "layer"):
+            raise ValueError(f"RankerConfig.input_norm must be 'auto', 'batch' or 'layer', got {self.input_norm!r}")
         if self.fusion not in ("sum", "concat"):
             raise ValueError(f"RankerConfig.fusion must be 'sum' or 'concat', got {self.fusion!r}")
         for name in ("gat_heads", "temporal_heads", "event_heads", "pool_heads", "relation_heads"):
@@ -104,7 +129,9 @@ class RankerConfig:
         for name in ("hidden", "ff_mult", "max_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gat_layers", "temporal_layers"):
+        if self.scene_kernel < 1 or self.scene_kernel % 2 == 0:
+            raise ValueError(f"RankerConfig.scene_kernel must be odd and >= 1, got {self.scene_kernel}")
+        for name in ("gat_layers", "temporal_layers", "scene_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RankerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.skip_loss_weight < 0:
@@ -137,6 +164,14 @@ def frame_graph_edges(group: Tensor, num_groups: int) -> Tensor:
     offset = torch.arange(num_edges, device=group.device) - first_edge[src]  # (E,) 0..deg-1
     dst = starts[group[src]] + offset  # (E,)
     return torch.stack([src, dst])
+
+
+def _normalise(norm: nn.Module, x: Tensor, training: bool) -> Tensor:
+    """``norm(x)`` for x (R, C); a BatchNorm given a single row in training uses its running
+    statistics (batch statistics need two rows)."""
+    if not isinstance(norm, nn.BatchNorm1d):
+        return norm(x)
+    return F.batch_norm(x, norm.running_mean, norm.running_var, training=training and x.shape[0] > 1, momentum=norm.momentum, eps=norm.eps)
 
 
 class _PersonGrid:
@@ -251,6 +286,42 @@ class _GraphBlock(nn.Module):
             alpha = F.dropout(alpha, conv.dropout, self.training)
             out.append(torch.einsum("fijh,fjhc->fihc", alpha, src).reshape(f * c, heads * C))
         return self.norm(x + self.dropout(F.gelu(torch.cat(out) + conv.bias)))
+
+
+class _SceneTrack(nn.Module):
+    """The clip around each frame, added to its person-frames: ``x <- x + W s[clip, frame]``.
+
+    ``s`` starts as every frame's persons pooled (mean and max, then a projection) and goes
+    through ``layers`` ConvNeXt-style blocks over the clip's frames (depthwise convolution over
+    time, LayerNorm, point-wise MLP, residual). It runs per frame, B * T rows, not per node.
+    Frames with nobody in them, padded ones included, are zeros before every convolution, so
+    appending padded frames changes nothing.
+    """
+
+    def __init__(self, hidden: int, layers: int, kernel: int, ff_width: int, dropout: float) -> None:
+        super().__init__()
+        self.summary = nn.Linear(2 * hidden, hidden)
+        self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden) for _ in range(layers))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, ff_width), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_width, hidden))
+            for _ in range(layers)
+        )
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, frame: Tensor, B: int, T: int) -> Tensor:
+        # x (V, H), frame (V,) = clip * T + frame number -> (V, H)
+        H = x.shape[1]
+        count = torch.bincount(frame, minlength=B * T).unsqueeze(1)  # (B*T, 1)
+        mean = x.new_zeros(B * T, H).index_add(0, frame, x) / count.clamp(min=1)
+        peak = x.new_full((B * T, H), float("-inf")).scatter_reduce(0, frame.unsqueeze(1).expand(-1, H), x, "amax")
+        peak = peak.masked_fill(count == 0, 0.0)  # empty frames: -inf -> 0
+        live = (count > 0).to(x.dtype)  # (B*T, 1)
+        s = self.summary(torch.cat([mean, peak], -1)) * live  # (B*T, H)
+        live = live.view(B, T, 1)
+        s = s.view(B, T, H)
+        for conv, mlp in zip(self.convs, self.mlps):
+            s = (s + mlp(conv(s.transpose(1, 2)).transpose(1, 2))) * live  # (B, T, H)
+        return x + self.out(s.reshape(B * T, H))[frame]
 
 
 class _EventToken(nn.Module):
@@ -370,10 +441,12 @@ class ImportanceRanker(nn.Module):
     Pipeline (all on packed valid entries, see the module docstring):
 
     1. fusion: per family (layered families first mixed over their layers, ``feature_layers``)
-       ``LayerNorm -> Linear(D_name, H)``, summed (or concatenated and projected,
-       ``config.fusion``), then GELU + LayerNorm;
+       standardised per column (``config.input_norm``) ``-> Linear(D_name, H)``, summed (or
+       concatenated and projected, ``config.fusion``), then GELU + LayerNorm;
     2. ``config.gat_layers`` GATv2 blocks (``torch_geometric.nn.GATv2Conv``'s parameters and formula,
        ``config.gat_heads`` heads, residual + LayerNorm) over the persons of each frame;
+       then the scene track (``config.scene_layers``): each frame's persons pooled, depthwise
+       convolutions over the clip's frames, added back to every person-frame;
     3. learned frame embedding + ``nn.TransformerEncoder`` (pre-norm, ``config.temporal_layers``
        x ``config.temporal_heads``) over each person's present frames (packed, see the module
        docstring; absent frames are not computed);
@@ -439,7 +512,11 @@ class ImportanceRanker(nn.Module):
         self.input_dims = {k: d // feature_layers.get(k, 1) for k, d in self.feature_dims.items()}
         H = config.hidden
 
-        self.input_norms = nn.ModuleDict({k: nn.LayerNorm(d) for k, d in self.input_dims.items()})
+        def input_norm(d: int) -> nn.Module:
+            batch = config.input_norm == "batch" or (config.input_norm == "auto" and d <= NARROW_FAMILY)
+            return nn.BatchNorm1d(d, affine=False) if batch else nn.LayerNorm(d)
+
+        self.input_norms = nn.ModuleDict({k: input_norm(d) for k, d in self.input_dims.items()})
         if config.fusion == "sum":
             self.input_projs = nn.ModuleDict({k: nn.Linear(d, H) for k, d in self.input_dims.items()})
             self.fuse = nn.Identity()
@@ -453,6 +530,8 @@ class ImportanceRanker(nn.Module):
             _GraphBlock(H, config.gat_heads, config.dropout, config.attention_dropout)
             for _ in range(config.gat_layers)
         )
+
+        self.scene = _SceneTrack(H, config.scene_layers, config.scene_kernel, config.ff_mult * H, config.dropout) if config.scene_layers else None
 
         self.frame_embedding = nn.Embedding(config.max_frames, H)
         nn.init.normal_(self.frame_embedding.weight, std=0.02)
@@ -527,6 +606,8 @@ class ImportanceRanker(nn.Module):
             for block in self.graph:
                 x = block(x, frames)  # (V, H)
             x = x.new_empty(x.shape).index_copy(0, frames.order, x)  # (V, H) back in (b, t, n) order
+        if self.scene is not None:
+            x = self.scene(x, node_b * T + node_t, B, T)  # (V, H)
 
         # -- 3. temporal Transformer over the persons present in at least one frame ------------
         person_valid = mask.any(1)  # (B, N)
@@ -603,9 +684,7 @@ class ImportanceRanker(nn.Module):
         persons = raw.new_zeros(B).index_add(0, person_b, raw.new_ones(P)).unsqueeze(1)  # (B, 1)
         clip_mean = (raw.new_zeros(B, D).index_add(0, person_b, mean) / persons.clamp(min=1))[person_b]
         stats = torch.cat([mean, std, raw[last] - raw[first], mean - clip_mean, track.float()], -1)  # (P, 4 sum D + 3)
-        norm = self.skip_norm  # batch statistics need two persons; one alone uses the running ones
-        stats = F.batch_norm(stats, norm.running_mean, norm.running_var, training=self.training and P > 1, momentum=norm.momentum, eps=norm.eps)
-        return self.skip(stats).squeeze(-1)
+        return self.skip(_normalise(self.skip_norm, stats, self.training)).squeeze(-1)
 
     def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train) -> RankingLossTerms:
         """Masked cross-entropy + pairwise margin (``train``: the TrainConfig's margin and weight)."""
@@ -623,7 +702,7 @@ class ImportanceRanker(nn.Module):
         for k, mix in self.layer_mix.items():
             inputs[k] = mix(inputs[k].unflatten(-1, (mix.layers, -1)))  # (V, L * D) -> (V, L, D) -> (V, D)
         raw = torch.cat(list(inputs.values()), -1)
-        normed = {k: self.input_norms[k](v) for k, v in inputs.items()}
+        normed = {k: _normalise(self.input_norms[k], v, self.training) for k, v in inputs.items()}
         if self.config.fusion == "sum":
             parts = torch.stack([self.input_projs[k](v) for k, v in normed.items()])  # (F, V, H)
             if self.training and self.config.family_dropout > 0 and len(parts) > 1:

@@ -40,6 +40,11 @@ class Preset:
     def model(self) -> type[nn.Module]:
         return self._attr(self.model_class)
 
+    def config_from_record(self, record: Mapping) -> object:
+        """The config a run recorded; fields it lacks because they came later take the value that
+        rebuilds the model it was trained as (the module's ``RECORD_DEFAULTS``), not today's default."""
+        return self.config(**{**getattr(self.module(), "RECORD_DEFAULTS", {}), **record})
+
     @property
     def train_defaults(self) -> Mapping:
         """TrainConfig values this model's authors train with; a config file or flag overrides them."""

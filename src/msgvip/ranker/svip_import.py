@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore
 from .svip import FAMILIES, TRAIN_DEFAULTS, SvipConfig, SvipRanker
-from .trainer import CHECKPOINT_VERSION, TrainConfig, _save
+from .trainer import CHECKPOINT_VERSION, TrainConfig, _save, load_weights_only
 
 __all__ = ["RENAMES", "SVIP_EXTRACT_HINT", "UNUSED", "import_svip_checkpoint", "load_svip_weights", "read_svip_checkpoint", "svip_name"]
 
@@ -58,17 +55,7 @@ def svip_name(name: str) -> str:
 
 def read_svip_checkpoint(path: Path) -> dict:
     """An svip checkpoint, loaded weights-only; one-line ConfigErrors name the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise ConfigError(f"{path}: not a torch checkpoint (not a torch zip archive): truncated or damaged")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(f"{path}: holds objects a weights-only load refuses to unpickle ({str(err).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'}); it is damaged") from None
+    payload = load_weights_only(path)
     trainable = payload.get("model_trainable") if isinstance(payload, dict) else None
     if not isinstance(trainable, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in trainable.items()):
         raise ConfigError(f"{path}: not an svip checkpoint (no 'model_trainable' dict of tensors, which svip's trainer writes in last.pt and best.pt)")

@@ -219,17 +219,24 @@ def _lr_lambda(total_steps: int, warmup_fraction: float):
 CHECKPOINT_KEYS = ("version", "epoch", "model", "config", "fingerprint", "history", "best", "val")
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint, loaded weights-only: anything that would need code to unpickle is refused,
-    and a truncated or foreign file is a one-line error naming it."""
-    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise ConfigError(f"{path}: not a checkpoint msgvip wrote (not a torch zip archive): truncated or damaged")
+def load_weights_only(path: Path) -> object:
+    """What ``torch.save`` wrote to ``path``, loaded weights-only: anything that would need code
+    to unpickle is refused, and a missing, truncated or foreign file is a one-line error naming it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ConfigError(f"{path}: not a torch checkpoint (not a torch zip archive): truncated or damaged")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ConfigError(f"{path}: not a weights-only checkpoint, refusing to unpickle it ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: holds objects a weights-only load refuses to unpickle ({str(err).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'}); it is damaged") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """An msgvip checkpoint (:func:`load_weights_only`) holding every key msgvip writes."""
+    state = load_weights_only(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(f"{path}: not an msgvip checkpoint (lacks {missing})")
@@ -495,7 +502,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]
     config = state["config"]
     try:
         preset = preset_named(config.get("model_preset", DEFAULT_PRESET))
-        model = build_model(preset.config(**config["model"]), config["feature_dims"], config.get("feature_layers"))  # absent: a run from before layer mixing
+        model = build_model(preset.config_from_record(config["model"]), config["feature_dims"], config.get("feature_layers"))  # absent: a run from before layer mixing
         model.load_state_dict(state["model"])
     except (TypeError, KeyError, ValueError, RuntimeError) as err:
         raise ConfigError(f"{path}: its model does not match its config ({type(err).__name__}: {str(err).splitlines()[0]}); the checkpoint is damaged") from None
