@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import softmax as segment_softmax
 
+from .dropout import Dropout, dropout
 from .layer_mix import LayerMix
 from .losses import RankingLossTerms, ranking_loss_terms
 
@@ -190,7 +191,8 @@ class _PersonGrid:
 
     def scatter(self, x: Tensor) -> Tensor:
         # x (V, C) -> (P, L, C), zeros where no token
-        return x.new_zeros(self.P * self.L, x.shape[1]).index_copy(0, self.cell, x).view(self.P, self.L, -1)
+        grid = x.new_zeros(self.P * self.L, x.shape[1])
+        return grid.index_copy_(0, self.cell, x).view(self.P, self.L, -1)  # in place: no copy of the zeros
 
     def gather(self, grid: Tensor) -> Tensor:
         # grid (P, L, C) -> (V, C)
@@ -206,7 +208,8 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
     the order of its keys, so a present frame's output equals that of the encoder over the
     ``(P, T)`` rows with absent frames key-padded (positions come from the frame embedding added
     before). ``attention_dropout`` stands in for the layers' dropout on attention weights (see
-    ``RankerConfig.attention_dropout``); the other dropouts are the layers' own.
+    ``RankerConfig.attention_dropout``); the other dropouts take the layers' rates and are
+    computed by :func:`.dropout.dropout` (a cheaper mask on a CPU).
 
     Args:
         encoder: layers built with ``norm_first=True, batch_first=True``.
@@ -228,8 +231,9 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
         q, k, v = grid.scatter(qkv).view(P, L, 3, heads, H // heads).permute(2, 0, 3, 1, 4)  # (P, heads, L, H/heads) each
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
         ctx = grid.gather(ctx.transpose(1, 2))  # (V, H)
-        x = x + layer.dropout1(attn.out_proj(ctx))
-        x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
+        x = x + dropout(attn.out_proj(ctx), layer.dropout1.p, layer.training)
+        hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, layer.training)
+        x = x + dropout(layer.linear2(hidden), layer.dropout2.p, layer.training)
     return x if encoder.norm is None else encoder.norm(x)
 
 
@@ -243,12 +247,15 @@ class _FrameBlocks:
 
     Attributes:
         order: (V,) node index at each position of the block order.
+        inverse: (V,) position of each node in the block order.
         sizes: per block, ``(c, F)``: F frames of c persons, ``F * c`` consecutive nodes.
     """
 
     def __init__(self, frame: Tensor, num_frames: int) -> None:
         persons = torch.bincount(frame, minlength=num_frames)[frame]  # (V,) persons in the node's frame
         self.order = torch.sort(persons, stable=True).indices  # stable: a frame's nodes stay together
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(len(self.order), device=frame.device)  # position of each node in the block order
         c, nodes = torch.unique_consecutive(persons[self.order], return_counts=True)
         self.sizes = [(c, n // c) for c, n in zip(c.tolist(), nodes.tolist())]
 
@@ -269,7 +276,7 @@ class _GraphBlock(nn.Module):
         self.conv = GATv2Conv(hidden, hidden // heads, heads=heads, concat=True,
                               dropout=attention_dropout, add_self_loops=False)
         self.norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, frames: _FrameBlocks) -> Tensor:
         # x (V, H) in frames.order -> (V, H)
@@ -303,7 +310,7 @@ class _SceneTrack(nn.Module):
         self.summary = nn.Linear(2 * hidden, hidden)
         self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden) for _ in range(layers))
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, ff_width), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_width, hidden))
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, ff_width), nn.GELU(), Dropout(dropout), nn.Linear(ff_width, hidden))
             for _ in range(layers)
         )
         self.out = nn.Linear(hidden, hidden)
@@ -411,7 +418,7 @@ class _RelationHead(nn.Module):
         self.null_key_value = nn.Parameter(torch.zeros(2, hidden))
         self.out = nn.Linear(hidden, hidden)
         self.score = nn.Sequential(
-            nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+            nn.Linear(3 * hidden, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, 1)
         )
         self.gate = nn.Linear(2 * hidden, 1)
 
@@ -524,7 +531,7 @@ class ImportanceRanker(nn.Module):
             self.input_projs = nn.ModuleDict()
             self.fuse = nn.Linear(sum(self.input_dims.values()), H)
         self.fuse_norm = nn.LayerNorm(H)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
         self.graph = nn.ModuleList(
             _GraphBlock(H, config.gat_heads, config.dropout, config.attention_dropout)
@@ -555,7 +562,7 @@ class ImportanceRanker(nn.Module):
         self.person_norm = nn.LayerNorm(H)
 
         self.self_head = nn.Sequential(
-            nn.Linear(H, H), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(H, 1)
+            nn.Linear(H, H), nn.GELU(), Dropout(config.dropout), nn.Linear(H, 1)
         )
         self.relation = _RelationHead(H, config.relation_heads, config.dropout) if config.dual_head else None
         self.stats = nn.Linear(2 * H + 3, H) if config.track_stats else None
@@ -605,7 +612,7 @@ class ImportanceRanker(nn.Module):
             x = x[frames.order]  # (V, H) in block order
             for block in self.graph:
                 x = block(x, frames)  # (V, H)
-            x = x.new_empty(x.shape).index_copy(0, frames.order, x)  # (V, H) back in (b, t, n) order
+            x = x[frames.inverse]  # (V, H) back in (b, t, n) order
         if self.scene is not None:
             x = self.scene(x, node_b * T + node_t, B, T)  # (V, H)
 
@@ -695,21 +702,23 @@ class ImportanceRanker(nn.Module):
         alone = ranking_loss_terms(skip, target, valid, pairwise_weight=0.0).ce
         return terms._replace(total=terms.total + self.config.skip_loss_weight * alone)
 
-    def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype, node_b: Tensor, B: int) -> tuple[Tensor, Tensor]:
-        # features[name] (V, D_name), a layered family (V, L * D) -> fused (V, H), the inputs after
-        # the layer mix side by side (V, sum D)
+    def _fuse(self, features: dict[str, Tensor], dtype: torch.dtype, node_b: Tensor, B: int) -> tuple[Tensor, Tensor | None]:
+        # features[name] (V, D_name), a layered family (V, L * D) -> fused (V, H), and for the skip
+        # path the inputs after the layer mix side by side (V, sum D)
         inputs = {k: features[k].to(dtype) for k in self.feature_dims}
         for k, mix in self.layer_mix.items():
             inputs[k] = mix(inputs[k].unflatten(-1, (mix.layers, -1)))  # (V, L * D) -> (V, L, D) -> (V, D)
-        raw = torch.cat(list(inputs.values()), -1)
+        raw = torch.cat(list(inputs.values()), -1) if self.skip is not None else None
         normed = {k: _normalise(self.input_norms[k], v, self.training) for k, v in inputs.items()}
         if self.config.fusion == "sum":
-            parts = torch.stack([self.input_projs[k](v) for k, v in normed.items()])  # (F, V, H)
+            parts = [self.input_projs[k](v) for k, v in normed.items()]  # (V, H) each
             if self.training and self.config.family_dropout > 0 and len(parts) > 1:
-                keep = torch.rand(len(parts), B, device=parts.device) >= self.config.family_dropout  # (F, B)
-                keep[torch.randint(len(parts), (B,), device=parts.device), torch.arange(B, device=parts.device)] = True
-                parts = parts * keep[:, node_b].unsqueeze(-1).to(parts.dtype)
-            x = parts.sum(0)
+                keep = torch.rand(len(parts), B, device=node_b.device) >= self.config.family_dropout  # (F, B)
+                keep[torch.randint(len(parts), (B,), device=node_b.device), torch.arange(B, device=node_b.device)] = True
+                parts = [part * keep[i, node_b].unsqueeze(-1).to(part.dtype) for i, part in enumerate(parts)]
+            x = parts[0]
+            for part in parts[1:]:
+                x = x + part
         else:
             x = self.fuse(torch.cat(list(normed.values()), -1))
         return self.dropout(self.fuse_norm(F.gelu(x))), raw

@@ -1,0 +1,47 @@
+"""The CPU dropout: torch's in distribution, a cheaper mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msgvip.ranker.dropout import WORD_VALUES, Dropout, dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_keeps_one_minus_p_and_preserves_the_expectation(p):
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1003)  # an odd size: the last 64-bit draw is used in part
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    kept_probability = round((1 - p) * WORD_VALUES) / WORD_VALUES
+    assert abs(kept.float().mean().item() - kept_probability) < 3e-3
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / kept_probability))
+    assert abs(y.mean().item() - 1.0) < 5e-3
+    # no pattern across the four words of a draw, nor along rows
+    assert kept.view(-1)[: 1000 * 1000].view(-1, 4).float().mean(0).sub(kept_probability).abs().max() < 5e-3
+
+
+def test_gradient_is_the_mask_times_the_scale_and_eval_is_identity():
+    torch.manual_seed(1)
+    x = torch.randn(64, 96, requires_grad=True)
+    y = dropout(x, 0.25, training=True)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() * (WORD_VALUES / round(0.75 * WORD_VALUES)))
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0, training=True) is x
+    module = Dropout(0.25).eval()
+    assert module(x) is x and module.state_dict() == {} and repr(module) == "Dropout(p=0.25, inplace=False)"
+
+
+def test_same_seed_same_mask_and_extreme_rates_fall_back_to_torch():
+    x = torch.randn(33, 17)
+    torch.manual_seed(7)
+    a = dropout(x, 0.5, training=True)
+    torch.manual_seed(7)
+    b = dropout(x, 0.5, training=True)
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    tiny = dropout(x, 1e-6, training=True)  # rounds to keeping every word: torch's own dropout
+    torch.manual_seed(3)
+    assert torch.equal(tiny, F.dropout(x, 1e-6, training=True))
