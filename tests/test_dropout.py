@@ -12,15 +12,18 @@ from msgvip.ranker.dropout import WORD_VALUES, Dropout, dropout
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_keeps_one_minus_p_and_preserves_the_expectation(p):
     torch.manual_seed(0)
-    x = torch.ones(1000, 1003)  # an odd size: the last 64-bit draw is used in part
+    x = torch.ones(1001, 1003)  # not a multiple of 4: the last 64-bit draw is used in part
     y = dropout(x, p, training=True)
     kept = y != 0
     kept_probability = round((1 - p) * WORD_VALUES) / WORD_VALUES
     assert abs(kept.float().mean().item() - kept_probability) < 3e-3
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / kept_probability))
     assert abs(y.mean().item() - 1.0) < 5e-3
-    # no pattern across the four words of a draw, nor along rows
-    assert kept.view(-1)[: 1000 * 1000].view(-1, 4).float().mean(0).sub(kept_probability).abs().max() < 5e-3
+    # each of the four words of a draw keeps alike, and independently of its neighbours
+    words = kept.view(-1)[: 1000 * 1000].view(-1, 4).float()  # (draws, 4)
+    assert words.mean(0).sub(kept_probability).abs().max() < 5e-3
+    assert abs((words[:, :-1] * words[:, 1:]).mean().item() - kept_probability**2) < 5e-3
+    assert abs(kept[-1].float().mean().item() - kept_probability) < 0.05  # the row that ends in the partial draw
 
 
 def test_gradient_is_the_mask_times_the_scale_and_eval_is_identity():

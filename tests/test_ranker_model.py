@@ -363,3 +363,27 @@ def test_the_scene_track_relates_one_person_to_others_in_other_frames():
     with torch.no_grad():
         hits = model.eval()(test_x, torch.ones(128, 16, 4, dtype=torch.bool)).argmax(1) == test_y
     assert hits.float().mean() >= 0.8, f"held-out Rank@1 {hits.float().mean():.2f}"
+
+
+def test_a_column_constant_in_training_cannot_swamp_the_scores():
+    """Standardised with a running variance near 0, a column that never varied in training would
+    make a small change at test time enormous; inputs are clipped to STANDARD_CLIP deviations."""
+    from msgvip.ranker.model import STANDARD_CLIP
+
+    torch.manual_seed(0)
+    model = ImportanceRanker(RankerConfig(hidden=16, temporal_heads=4, gat_heads=2, event_heads=2, pool_heads=2,
+                                          relation_heads=2, ff_mult=2), {"geometry": 3})  # fmt: skip
+    mask = torch.ones(4, 6, 3, dtype=torch.bool)
+    for _ in range(300):  # running statistics of a column that is always 1
+        x = torch.randn(4, 6, 3, 3)
+        x[..., 2] = 1.0
+        model.train()({"geometry": x}, mask)
+    norm = model.input_norms["geometry"]
+    assert norm.running_var[2] < 1e-6
+    far, farther = x.clone(), x.clone()
+    far[..., 2], farther[..., 2] = 0.0, -5.0  # e.g. a visibility that was always 1 in training
+    standardised = (far[..., 2] - norm.running_mean[2]) / (norm.running_var[2] + norm.eps).sqrt()
+    assert standardised.abs().min() > 30 * STANDARD_CLIP  # what an unclipped model would be fed
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model({"geometry": far}, mask), model({"geometry": farther}, mask), rtol=0, atol=0)

@@ -93,8 +93,10 @@ def misled(sweep, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("misled") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train(store, run, SETTING, SMALL_MODEL, labels=labels, progress=False)
-    torch.set_num_threads(threads)
+    try:
+        train(store, run, SETTING, SMALL_MODEL, labels=labels, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
@@ -144,6 +146,24 @@ def test_best_epoch_follows_the_trainers_rule(sweep, tmp_path):
     assert (row.name, row.epochs_run, row.best_epoch) == (".", 3, 1)
     assert row.metrics == {"val_loss": 0.9, "val_rank@1": 0.5, "val_mrr": 0.7, **{k: v for k, v in row.metrics.items() if k.startswith("test_")}}
     assert row.options["train.min_delta"] == 0.1
+
+
+def test_a_run_from_before_an_option_shows_what_it_trained_with(sweep, tmp_path):
+    """An old record lacks options added since; it is listed (and grouped) with the values it
+    meant, so it never passes for a seed of today's default model."""
+    from msgvip.ranker.model import RECORD_DEFAULTS
+
+    _, runs = sweep
+    run = tmp_path / "old"
+    shutil.copytree(runs / "seed-0", run, ignore=shutil.ignore_patterns("*.pt"))
+    config = json.loads((run / "config.json").read_text())
+    for key in RECORD_DEFAULTS:
+        del config["model"][key]
+    (run / "config.json").write_text(json.dumps(config))
+    (old,) = list_runs(run)
+    assert {f"model.{k}": v for k, v in RECORD_DEFAULTS.items()}.items() <= old.options.items()
+    (new,) = list_runs(runs / "seed-0")
+    assert not any(k in new.options for k in (f"model.{k}" for k in RECORD_DEFAULTS))
 
 
 def test_damaged_runs_are_listed_with_their_problem(sweep, tmp_path):

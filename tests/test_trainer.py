@@ -81,6 +81,21 @@ def test_resume_matches_an_uninterrupted_run(store, tmp_path):
     assert state["fingerprint"] == store.fingerprint and {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
 
 
+def test_resume_with_other_model_options_names_them(store, tmp_path):
+    from msgvip.config import ConfigError
+
+    config = TrainConfig(epochs=2, batch_size=4, patience=100)
+    train(store, tmp_path / "run", config, SMALL_MODEL, progress=False, max_epochs_this_call=1)
+    with pytest.raises(ConfigError, match=r"run: was trained with other model options \(scene_layers 2 -> 0\); resume with the options in its config.json"):
+        train(store, tmp_path / "run", config, replace(SMALL_MODEL, scene_layers=0), progress=False, resume=True)
+    # a run recorded before an option existed resumes under the value it meant, and only then
+    state = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)
+    state["config"]["model"].pop("input_norm")
+    torch.save(state, tmp_path / "run" / "latest.pt")
+    with pytest.raises(ConfigError, match=r"input_norm 'layer' -> 'auto'"):
+        train(store, tmp_path / "run", config, SMALL_MODEL, progress=False, resume=True)
+
+
 def test_train_evaluate_predict_cli(store, tmp_path, cache_dir):
     (tmp_path / "small.toml").write_text(SMALL_TOML)
     run_dir = tmp_path / "run"

@@ -204,7 +204,7 @@ def _options(preset_name: str, train: dict, model: Any) -> tuple[dict[str, Any],
         return _differing("train", train, train_defaults, IGNORED_TRAIN), f"{err}: its model options are not shown"
     train_defaults.update(preset.train_defaults)
     model_defaults = preset.config().to_dict()
-    model = model if isinstance(model, dict) else {}
+    model = preset.complete_record(model) if isinstance(model, dict) else {}  # an old run: what it trained with
     return {**_differing("train", train, train_defaults, IGNORED_TRAIN), **_differing("model", model, model_defaults, IGNORED_MODEL)}, None
 
 

@@ -5,7 +5,9 @@ person-frames x 768) that took 38 ms a call, 9% of a width-matched training step
 calls; comparing four 16-bit words of each 64-bit draw with a threshold makes the same mask in
 10 ms. The keep probability is rounded to a multiple of 1/65536 (0.9 -> 0.899994) and kept values
 are scaled by the inverse of that rounded probability, so the expectation is unchanged. Other
-devices (CUDA has a fused dropout kernel) and extreme rates use ``F.dropout``.
+devices (CUDA has a fused dropout kernel) and extreme rates use ``F.dropout``. One difference:
+a dropped NaN or inf becomes 0 here (torch multiplies it by 0, which keeps NaN); kept ones still
+propagate.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ INVALID_LOGIT = float("-inf")
 #: Most columns of a family that ``input_norm="auto"`` standardises per column.
 NARROW_FAMILY = 64
 
+#: Standardised inputs are clipped to this many standard deviations: a column that hardly varied
+#: in training (a running variance near 0, say a visibility that was always 1) cannot turn a small
+#: change at test time into an input hundreds of deviations away.
+STANDARD_CLIP = 10.0
+
 #: What a run's config record meant by a field it lacks because it was written before the field
 #: existed: the value that rebuilds the model it was trained as.
 RECORD_DEFAULTS = {"track_stats": False, "scene_layers": 0, "input_norm": "layer"}
@@ -169,10 +174,11 @@ def frame_graph_edges(group: Tensor, num_groups: int) -> Tensor:
 
 def _normalise(norm: nn.Module, x: Tensor, training: bool) -> Tensor:
     """``norm(x)`` for x (R, C); a BatchNorm given a single row in training uses its running
-    statistics (batch statistics need two rows)."""
+    statistics (batch statistics need two rows), and its output is clipped to +-STANDARD_CLIP."""
     if not isinstance(norm, nn.BatchNorm1d):
         return norm(x)
-    return F.batch_norm(x, norm.running_mean, norm.running_var, training=training and x.shape[0] > 1, momentum=norm.momentum, eps=norm.eps)
+    x = F.batch_norm(x, norm.running_mean, norm.running_var, training=training and x.shape[0] > 1, momentum=norm.momentum, eps=norm.eps)
+    return x.clamp(-STANDARD_CLIP, STANDARD_CLIP)
 
 
 class _PersonGrid:

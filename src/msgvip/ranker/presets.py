@@ -28,6 +28,7 @@ class Preset:
     model_class: str
     families: tuple[str, ...] = ()  # what it consumes by default (empty: every family of the store)
     about: str = ""
+    record_defaults: str = ""  # the module's dict of what a run record meant by a field it lacks
 
     def _attr(self, name: str):
         return getattr(self.module(), name)
@@ -40,10 +41,15 @@ class Preset:
     def model(self) -> type[nn.Module]:
         return self._attr(self.model_class)
 
+    def complete_record(self, record: Mapping) -> dict:
+        """A run's recorded model options, with the fields it lacks because they came later set to
+        the values that rebuild the model it was trained as (``record_defaults``), not today's."""
+        meant = getattr(self.module(), self.record_defaults) if self.record_defaults else {}
+        return {**meant, **record}
+
     def config_from_record(self, record: Mapping) -> object:
-        """The config a run recorded; fields it lacks because they came later take the value that
-        rebuilds the model it was trained as (the module's ``RECORD_DEFAULTS``), not today's default."""
-        return self.config(**{**getattr(self.module(), "RECORD_DEFAULTS", {}), **record})
+        """The config a run recorded (see :meth:`complete_record`)."""
+        return self.config(**self.complete_record(record))
 
     @property
     def train_defaults(self) -> Mapping:
@@ -73,7 +79,8 @@ DEFAULT_PRESET = "msgvip"
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("msgvip", _model, "RankerConfig", "ImportanceRanker", about="GATv2 per frame + temporal Transformer + event token + dual head"),
+        Preset("msgvip", _model, "RankerConfig", "ImportanceRanker", about="GATv2 per frame + scene track + temporal Transformer + event token + dual head",
+               record_defaults="RECORD_DEFAULTS"),
         Preset("svip", _svip, "SvipConfig", "SvipRanker", families=("appearance", "svip_box"), about="the user's svip ranker (yml2002/svip@26674fd)"),
         Preset("rgt", _rgt, "RgtConfig", "RelationalGraphTemporalRanker", about="rule edges (spatial, attention, synchronization) + relation-typed GATv2 + GRU memory (reference 000)"),
     )

@@ -243,6 +243,19 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def _check_same_model(run_dir: Path, recorded: dict, preset, options: dict) -> None:
+    """Resuming continues the model a run recorded: other model options (a changed flag or
+    config file, or defaults that moved since the run began) are a one-line error naming them."""
+    recorded_preset = recorded.get("model_preset", DEFAULT_PRESET)
+    if recorded_preset != preset.name:
+        raise ConfigError(f"{run_dir}: was trained with model {recorded_preset!r}, not {preset.name!r}; resume it with --model {recorded_preset}")
+    was = preset.complete_record(recorded.get("model", {}))
+    differ = sorted(k for k in set(was) | set(options) if was.get(k) != options.get(k))
+    if differ:
+        changes = ", ".join(f"{k} {was.get(k)!r} -> {options.get(k)!r}" for k in differ)
+        raise ConfigError(f"{run_dir}: was trained with other model options ({changes}); resume with the options in its config.json, or train a new run")
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -341,6 +354,7 @@ def train(
             state = load_checkpoint(run_dir / "latest.pt")
             if state["fingerprint"] != store.fingerprint:
                 raise ConfigError(f"{run_dir}: was trained on store {state['fingerprint']}, not {store.fingerprint}")
+            _check_same_model(run_dir, state["config"], preset, config_record["model"])
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
