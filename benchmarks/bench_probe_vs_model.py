@@ -92,7 +92,7 @@ class ProbeScorer:
         return scores
 
 
-def measure(difficulty: str, features: tuple[str, ...], model: RankerConfig, seeds: list[int], clips: int, root: Path, say) -> dict:
+def measure(difficulty: str, features: tuple[str, ...], model_config: RankerConfig, seeds: list[int], clips: int, root: Path, say) -> dict:
     store, build_s = build_store(root, difficulty, features, clips)
     say(f"\n== difficulty {difficulty!r}: {clips} clips, features {','.join(features)} (clips + extraction {build_s:.0f} s)")
     report = probe_store(store)
@@ -129,7 +129,7 @@ def measure(difficulty: str, features: tuple[str, ...], model: RankerConfig, see
     for seed in seeds:
         start = time.perf_counter()
         run_dir = root / f"run-seed{seed}"
-        summary = train(store, run_dir, replace(DEMO_TRAIN, seed=seed), model, progress=False)
+        summary = train(store, run_dir, replace(DEMO_TRAIN, seed=seed), model_config, progress=False)
         model, _ = load_run(run_dir)
         scores = score_dataset(model, test, Runtime(torch.device("cpu")), 32, amp=False)
         ranks = rank_of_target(scores, target, valid)
