@@ -614,14 +614,15 @@ class ImportanceRanker(nn.Module):
         x, raw = self._fuse(nodes, dtype, node_b, B)
 
         # -- 2. GATv2 over the persons of each (clip, frame) -----------------------------------
+        node_frame = node_b * T + node_t  # (V,) each node's (clip, frame), nondecreasing
         if len(self.graph):
-            frames = _FrameBlocks(node_b * T + node_t, B * T)
+            frames = _FrameBlocks(node_frame, B * T)
             x = x[frames.order]  # (V, H) in block order
             for block in self.graph:
                 x = block(x, frames)  # (V, H)
             x = x[frames.inverse]  # (V, H) back in (b, t, n) order
         if self.scene is not None:
-            x = self.scene(x, node_b * T + node_t, B, T)  # (V, H)
+            x = self.scene(x, node_frame, B, T)  # (V, H)
 
         # -- 3. temporal Transformer over the persons present in at least one frame ------------
         person_valid = mask.any(1)  # (B, N)

@@ -32,7 +32,7 @@ from .layer_mix import layer_counts
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
 from .model import RankerConfig
-from .presets import DEFAULT_PRESET, build_model, preset_named, preset_of
+from .presets import DEFAULT_PRESET, Preset, build_model, preset_named, preset_of
 
 CHECKPOINT_VERSION = 1
 LOGGERS = ("csv", "tensorboard")  # TrainConfig.logger
@@ -243,7 +243,7 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def _check_same_model(run_dir: Path, recorded: dict, preset, options: dict) -> None:
+def _check_same_model(run_dir: Path, recorded: dict, preset: Preset, options: dict) -> None:
     """Resuming continues the model a run recorded: other model options (a changed flag or
     config file, or defaults that moved since the run began) are a one-line error naming them."""
     recorded_preset = recorded.get("model_preset", DEFAULT_PRESET)
