@@ -273,6 +273,21 @@ def test_dense_frame_blocks_compute_gatv2conv():
     torch.testing.assert_close(dense_grad, expected_grad, atol=1e-4, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("chunk", [1, 40, 10_000])  # a frame at a time, a few frames, all at once
+def test_pair_scores_in_chunks_match_the_formula_and_its_gradients(chunk):
+    """GATv2's pair scores, formed chunk by chunk and formed again in backward, equal the
+    one-expression formula, and their gradients (targets, sources and att) pass gradcheck."""
+    from msgvip.ranker.model import _PairScores
+
+    g = torch.Generator().manual_seed(0)
+    dst, src = (torch.randn(5, 3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    att = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    scores = _PairScores.apply(dst, src, att, 0.2, chunk)
+    expected = (att * F.leaky_relu(dst.unsqueeze(2) + src.unsqueeze(1), 0.2)).sum(-1)  # (5, 3, 3, 2)
+    torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda d, s, a: _PairScores.apply(d, s, a, 0.2, chunk), (dst, src, att))
+
 def test_attention_pooling_without_per_frame_keys_and_values_matches_the_textbook_form():
     """Time pooling and the event token apply their key and value projections to the query and
     to weighted sums, not to every frame: same output as attention over projected frames."""

@@ -52,6 +52,10 @@ NARROW_FAMILY = 64
 #: change at test time into an input hundreds of deviations away.
 STANDARD_CLIP = 10.0
 
+#: Elements of GATv2's (frames, c, c, heads, C) pair tensor computed at a time on a CPU (2 MB
+#: of float32): a chunk's sum, activation and product stay in cache. See :class:`_PairScores`.
+PAIR_CHUNK = 1 << 19
+
 #: What a run's config record meant by a field it lacks because it was written before the field
 #: existed: the value that rebuilds the model it was trained as.
 RECORD_DEFAULTS = {"track_stats": False, "scene_layers": 0, "input_norm": "layer"}
@@ -267,6 +271,58 @@ class _FrameBlocks:
         self.sizes = [(c, n // c) for c, n in zip(c.tolist(), nodes.tolist())]
 
 
+class _PairScores(torch.autograd.Function):
+    """GATv2's attention logits for every (target i, source j) pair of each frame of c persons:
+    ``score[f, i, j, h] = att[h] . leaky_relu(dst[f, i, h] + src[f, j, h])``.
+
+    The pairs, a (F, c, c, heads, C) tensor, are the graph stage's largest: ~120 MB per layer at
+    the step benchmark's shape (hidden 768). Formed whole, autograd writes them to memory and
+    reads them back in a dozen passes: ~180 ms a layer, forward and backward, on 2 CPU cores.
+    Here they are formed a chunk of frames at a time (``chunk`` elements; that chunk's work stays
+    in cache) and never stored: backward forms each chunk again. ~35 ms a layer, same values.
+    """
+
+    @staticmethod
+    def forward(ctx, dst: Tensor, src: Tensor, att: Tensor, slope: float, chunk: int) -> Tensor:
+        # dst, src (F, c, heads, C), att (heads, C) -> (F, c, c, heads)
+        F_, c, heads, C = dst.shape
+        ctx.att_dtype = att.dtype
+        att = att.to(dst.dtype)
+        scores = dst.new_empty(F_, c, c, heads)
+        step = max(1, chunk // (c * c * heads * C))  # frames per chunk
+        for s in range(0, F_, step):
+            pair = dst[s:s + step].unsqueeze(2) + src[s:s + step].unsqueeze(1)  # (n, c, c, heads, C)
+            F.leaky_relu(pair, slope, inplace=True)
+            torch.sum(pair.mul_(att), -1, out=scores[s:s + step])
+        ctx.save_for_backward(dst, src, att)
+        ctx.slope, ctx.step = slope, step
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # grad (F, c, c, heads) -> grads of dst, src, att
+        dst, src, att = ctx.saved_tensors
+        heads, C = att.shape
+        grad_dst, grad_src = torch.empty_like(dst), torch.empty_like(src)
+        grad_att = torch.zeros(heads, C, dtype=torch.promote_types(att.dtype, torch.float32), device=att.device)
+        for s in range(0, dst.shape[0], ctx.step):
+            pair = dst[s:s + ctx.step].unsqueeze(2) + src[s:s + ctx.step].unsqueeze(1)  # (n, c, c, heads, C)
+            F.leaky_relu(pair, ctx.slope, inplace=True)  # keeps each sign: its derivative can be read off it
+            g = grad[s:s + ctx.step]  # (n, c, c, heads)
+            grad_att += torch.einsum("eh,ehc->hc", g.reshape(-1, heads), pair.view(-1, heads, C))
+            grad_pair = torch.ops.aten.leaky_relu_backward(g.unsqueeze(-1) * att, pair, ctx.slope, True)
+            torch.sum(grad_pair, 2, out=grad_dst[s:s + ctx.step])  # each target's sources
+            torch.sum(grad_pair, 1, out=grad_src[s:s + ctx.step])  # each source's targets
+        return grad_dst, grad_src, grad_att.to(ctx.att_dtype), None, None
+
+
+def pair_scores(dst: Tensor, src: Tensor, att: Tensor, slope: float) -> Tensor:
+    """``(att * leaky_relu(dst[:, :, None] + src[:, None], slope)).sum(-1)``: (F, c, heads, C)
+    twice and (heads, C) -> (F, c, c, heads), in chunks on a CPU (:class:`_PairScores`)."""
+    chunk = PAIR_CHUNK if dst.device.type == "cpu" else dst.numel() * dst.shape[1]  # one chunk where launches cost
+    return _PairScores.apply(dst, src, att, slope, chunk)
+
+
 class _GraphBlock(nn.Module):
     """GATv2 + residual + LayerNorm over the complete graph of each frame's persons (self loops
     included): ``x <- LN(x + dropout(GELU(GAT(x))))``.
@@ -295,8 +351,7 @@ class _GraphBlock(nn.Module):
         out = []
         for (c, f), src, dst in zip(frames.sizes, source.split(rows), target.split(rows)):
             src, dst = src.view(f, c, heads, C), dst.view(f, c, heads, C)
-            pair = F.leaky_relu(dst.unsqueeze(2) + src.unsqueeze(1), conv.negative_slope)  # (f, c_dst, c_src, heads, C)
-            alpha = (pair * conv.att.view(heads, C)).sum(-1).softmax(2)  # (f, c, c, heads) over each target's sources
+            alpha = pair_scores(dst, src, conv.att.view(heads, C), conv.negative_slope).softmax(2)  # (f, c, c, heads) over each target's sources
             alpha = F.dropout(alpha, conv.dropout, self.training)
             out.append(torch.einsum("fijh,fjhc->fihc", alpha, src).reshape(f * c, heads * C))
         return self.norm(x + self.dropout(F.gelu(torch.cat(out) + conv.bias)))
