@@ -229,7 +229,7 @@ def test_loss_rejects_target_on_invalid_slot():
 def test_packed_temporal_encoder_matches_the_padded_one(someone_always_present):
     """The temporal Transformer on packed present frames gives, at every present frame, what
     ``nn.TransformerEncoder`` gives over whole (P, T) rows with absent frames key-padded, in both
-    of its code paths (eval, which PyTorch may fuse, and training)."""
+    of its code paths (eval, which PyTorch may fuse, and training), and the same gradient."""
     from msgvip.ranker.model import _packed_encoder, _PersonGrid
 
     encoder = make_model().temporal
@@ -248,6 +248,12 @@ def test_packed_temporal_encoder_matches_the_padded_one(someone_always_present):
             expected = encoder(seq, src_key_padding_mask=~present)[person, frame]
             packed = _packed_encoder(encoder, seq[person, frame], _PersonGrid(person, place, present.sum(1)), 0.0)
         torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
+    tokens = seq[person, frame].requires_grad_()
+    weight = torch.randn(len(person), H, generator=g)
+    (grad,) = torch.autograd.grad((_packed_encoder(encoder, tokens, _PersonGrid(person, place, present.sum(1)), 0.0) * weight).sum(), tokens)
+    rows = seq.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad((encoder(rows, src_key_padding_mask=~present)[person, frame] * weight).sum(), rows)
+    torch.testing.assert_close(grad, expected_grad[person, frame], atol=1e-5, rtol=1e-5)
 
 
 def test_dense_frame_blocks_compute_gatv2conv():

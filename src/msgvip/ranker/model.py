@@ -197,17 +197,59 @@ class _PersonGrid:
 
     def __init__(self, person: Tensor, place: Tensor, length: Tensor) -> None:
         self.P, self.L = length.numel(), int(length.max())
+        self.person, self.place = person, place
         self.cell = person * self.L + place  # (V,) row of each token in the flattened grid
         self.keep = torch.arange(self.L, device=length.device) < length.unsqueeze(1)  # (P, L) True at a token
+
+    def heads(self, x: Tensor, parts: int, heads: int) -> tuple[Tensor, ...]:
+        # x (V, parts * H) -> parts tensors (P, heads, L, H / heads), zeros where no token
+        return _ToHeads.apply(x, self, parts, heads)
+
+    def from_heads(self, x: Tensor) -> Tensor:
+        # x (P, heads, L, d) -> (V, heads * d)
+        return _FromHeads.apply(x, self)
 
     def scatter(self, x: Tensor) -> Tensor:
         # x (V, C) -> (P, L, C), zeros where no token
         grid = x.new_zeros(self.P * self.L, x.shape[1])
         return grid.index_copy_(0, self.cell, x).view(self.P, self.L, -1)  # in place: no copy of the zeros
 
-    def gather(self, grid: Tensor) -> Tensor:
-        # grid (P, L, C) -> (V, C)
-        return grid.reshape(self.P * self.L, -1)[self.cell]
+
+class _ToHeads(torch.autograd.Function):
+    """Packed rows to the layout attention reads: ``parts`` (P, heads, L, d) views of one grid.
+
+    Backward gathers each view's gradient straight into the packed rows. Autograd's own backward
+    of the views would stack the gradients and copy the stack into the grid's layout first: two
+    more passes over the largest tensor of a Transformer layer.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, grid: _PersonGrid, parts: int, heads: int) -> tuple[Tensor, ...]:
+        ctx.grid = grid
+        cells = grid.scatter(x).view(grid.P, grid.L, parts, heads, -1)  # (P, L, parts, heads, d)
+        return cells.permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        grid = ctx.grid
+        rows = torch.stack([g.transpose(1, 2)[grid.person, grid.place] for g in grads], 1)  # (V, parts, heads, d)
+        return rows.flatten(1), None, None, None
+
+
+class _FromHeads(torch.autograd.Function):
+    """Attention's (P, heads, L, d) output back to packed (V, heads * d) rows. Backward puts each
+    row's gradient in its cell of a fresh grid, zeros elsewhere: the cells are distinct, so
+    nothing is accumulated (indexing's own backward accumulates)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, grid: _PersonGrid) -> Tensor:
+        ctx.grid, ctx.heads = grid, x.shape[1]
+        return x.transpose(1, 2)[grid.person, grid.place].flatten(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grid = ctx.grid
+        return grid.scatter(grad).view(grid.P, grid.L, ctx.heads, -1).transpose(1, 2), None
 
 
 def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid, attention_dropout: float) -> Tensor:
@@ -239,9 +281,8 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
         attn = layer.self_attn
         heads = attn.num_heads
         qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)  # (V, 3H)
-        q, k, v = grid.scatter(qkv).view(P, L, 3, heads, H // heads).permute(2, 0, 3, 1, 4)  # (P, heads, L, H/heads) each
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
-        ctx = grid.gather(ctx.transpose(1, 2))  # (V, H)
+        q, k, v = grid.heads(qkv, 3, heads)  # (P, heads, L, H/heads) each
+        ctx = grid.from_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p))  # (V, H)
         x = x + dropout(attn.out_proj(ctx), layer.dropout1.p, layer.training)
         hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, layer.training)
         x = x + dropout(layer.linear2(hidden), layer.dropout2.p, layer.training)
