@@ -294,6 +294,24 @@ def test_pair_scores_in_chunks_match_the_formula_and_its_gradients(chunk):
     torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda d, s, a: _PairScores.apply(d, s, a, 0.2, chunk), (dst, src, att))
 
+def test_input_layer_norm_folded_into_the_projection_is_the_same_map():
+    """A family's LayerNorm scale and shift, folded into its projection, give the output and the
+    parameter gradients of LayerNorm followed by the projection."""
+    model = make_model(RankerConfig(**{**TINY.to_dict(), "input_norm": "layer"}))
+    norm, proj = model.input_norms["appearance"], model.input_projs["appearance"]
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+    x = torch.randn(7, DIMS["appearance"])
+    params = [norm.weight, norm.bias, proj.weight, proj.bias]
+    folded = model._project("appearance", x)
+    expected = proj(norm(x))
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+    weight = torch.randn_like(expected)
+    for got, want in zip(torch.autograd.grad((folded * weight).sum(), params), torch.autograd.grad((expected * weight).sum(), params)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_pooling_without_per_frame_keys_and_values_matches_the_textbook_form():
     """Time pooling and the event token apply their key and value projections to the query and
     to weighted sums, not to every frame: same output as attention over projected frames."""

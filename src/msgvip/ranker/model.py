@@ -813,9 +813,8 @@ class ImportanceRanker(nn.Module):
         for k, mix in self.layer_mix.items():
             inputs[k] = mix(inputs[k].unflatten(-1, (mix.layers, -1)))  # (V, L * D) -> (V, L, D) -> (V, D)
         raw = torch.cat(list(inputs.values()), -1) if self.skip is not None else None
-        normed = {k: _normalise(self.input_norms[k], v, self.training) for k, v in inputs.items()}
         if self.config.fusion == "sum":
-            parts = [self.input_projs[k](v) for k, v in normed.items()]  # (V, H) each
+            parts = [self._project(k, v) for k, v in inputs.items()]  # (V, H) each
             if self.training and self.config.family_dropout > 0 and len(parts) > 1:
                 keep = torch.rand(len(parts), B, device=node_b.device) >= self.config.family_dropout  # (F, B)
                 keep[torch.randint(len(parts), (B,), device=node_b.device), torch.arange(B, device=node_b.device)] = True
@@ -824,8 +823,23 @@ class ImportanceRanker(nn.Module):
             for part in parts[1:]:
                 x = x + part
         else:
-            x = self.fuse(torch.cat(list(normed.values()), -1))
+            x = self.fuse(torch.cat([_normalise(self.input_norms[k], v, self.training) for k, v in inputs.items()], -1))
         return self.dropout(self.fuse_norm(F.gelu(x))), raw
+
+    def _project(self, name: str, x: Tensor) -> Tensor:
+        """Family ``name``'s input norm and projection, (V, D) -> (V, H).
+
+        A LayerNorm's scale and shift are folded into the projection when x needs no gradient:
+        ``(x_hat * g + b_norm) W^T + b = x_hat (W * g)^T + (W b_norm + b)`` is the same map, and
+        backward then skips the (V, D) x (D, H) product for x_hat's gradient, which only the
+        scale and shift needed (at hidden 768, 5,600 person-frames: ~35 ms of a 2.6 s step on 2
+        CPU cores).
+        """
+        norm, proj = self.input_norms[name], self.input_projs[name]
+        if isinstance(norm, nn.LayerNorm) and not x.requires_grad:
+            x_hat = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+            return F.linear(x_hat, proj.weight * norm.weight, torch.addmv(proj.bias, proj.weight, norm.bias))
+        return proj(_normalise(norm, x, self.training))
 
     def extra_repr(self) -> str:
         return f"feature_dims={self.feature_dims}" + (f", feature_layers={self.feature_layers}" if self.feature_layers else "")
