@@ -1,4 +1,4 @@
-"""The CPU dropout: torch's in distribution, a cheaper mask."""
+"""The CPU dropout: torch's in distribution, a cheaper mask; with a residual sum in the same pass."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msgvip.ranker.dropout import WORD_VALUES, Dropout, dropout
+from msgvip.ranker.dropout import WORD_VALUES, Dropout, dropout, dropout_add
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -48,3 +48,18 @@ def test_same_seed_same_mask_and_extreme_rates_fall_back_to_torch():
     tiny = dropout(x, 1e-6, training=True)  # rounds to keeping every word: torch's own dropout
     torch.manual_seed(3)
     assert torch.equal(tiny, F.dropout(x, 1e-6, training=True))
+
+
+def test_dropout_add_is_the_residual_plus_the_same_dropout():
+    x = torch.randn(40, 24, requires_grad=True)
+    y = torch.randn(40, 24, requires_grad=True)
+    torch.manual_seed(5)
+    out = dropout_add(x, y, 0.3, training=True)
+    torch.manual_seed(5)
+    torch.testing.assert_close(out, x + dropout(y, 0.3, training=True))
+    kept = (out - x) != 0
+    assert 0.6 < kept.float().mean() < 0.8
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    torch.testing.assert_close(y.grad, kept.float() * (WORD_VALUES / round(0.7 * WORD_VALUES)))
+    torch.testing.assert_close(dropout_add(x, y, 0.3, training=False), x + y)

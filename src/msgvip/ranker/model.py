@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import softmax as segment_softmax
 
-from .dropout import Dropout, dropout
+from .dropout import Dropout, dropout, dropout_add
 from .layer_mix import LayerMix
 from .losses import RankingLossTerms, ranking_loss_terms
 
@@ -283,9 +283,9 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
         qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)  # (V, 3H)
         q, k, v = grid.heads(qkv, 3, heads)  # (P, heads, L, H/heads) each
         ctx = grid.from_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p))  # (V, H)
-        x = x + dropout(attn.out_proj(ctx), layer.dropout1.p, layer.training)
+        x = dropout_add(x, attn.out_proj(ctx), layer.dropout1.p, layer.training)
         hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, layer.training)
-        x = x + dropout(layer.linear2(hidden), layer.dropout2.p, layer.training)
+        x = dropout_add(x, layer.linear2(hidden), layer.dropout2.p, layer.training)
     return x if encoder.norm is None else encoder.norm(x)
 
 
@@ -395,7 +395,7 @@ class _GraphBlock(nn.Module):
             alpha = pair_scores(dst, src, conv.att.view(heads, C), conv.negative_slope).softmax(2)  # (f, c, c, heads) over each target's sources
             alpha = F.dropout(alpha, conv.dropout, self.training)
             out.append(torch.einsum("fijh,fjhc->fihc", alpha, src).reshape(f * c, heads * C))
-        return self.norm(x + self.dropout(F.gelu(torch.cat(out) + conv.bias)))
+        return self.norm(dropout_add(x, F.gelu(torch.cat(out) + conv.bias), self.dropout.p, self.training))
 
 
 class _SceneTrack(nn.Module):
