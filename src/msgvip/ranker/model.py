@@ -201,12 +201,12 @@ class _PersonGrid:
         self.cell = person * self.L + place  # (V,) row of each token in the flattened grid
         self.keep = torch.arange(self.L, device=length.device) < length.unsqueeze(1)  # (P, L) True at a token
 
-    def heads(self, x: Tensor, parts: int, heads: int) -> tuple[Tensor, ...]:
-        # x (V, parts * H) -> parts tensors (P, heads, L, H / heads), zeros where no token
-        return _ToHeads.apply(x, self, parts, heads)
+    def heads(self, x: Tensor, heads: int) -> Tensor:
+        # x (V, H) -> (P, heads, L, H / heads), zeros where no token; backward gathers
+        return _ToHeads.apply(x, self, heads)
 
     def from_heads(self, x: Tensor) -> Tensor:
-        # x (P, heads, L, d) -> (V, heads * d)
+        # x (P, heads, L, d) -> (V, heads * d); backward scatters
         return _FromHeads.apply(x, self)
 
     def scatter(self, x: Tensor) -> Tensor:
@@ -214,42 +214,41 @@ class _PersonGrid:
         grid = x.new_zeros(self.P * self.L, x.shape[1])
         return grid.index_copy_(0, self.cell, x).view(self.P, self.L, -1)  # in place: no copy of the zeros
 
+    def _scatter_heads(self, x: Tensor, heads: int) -> Tensor:
+        return self.scatter(x).view(self.P, self.L, heads, -1).transpose(1, 2)
+
+    def _gather_heads(self, x: Tensor) -> Tensor:
+        return x.transpose(1, 2)[self.person, self.place].flatten(1)
+
 
 class _ToHeads(torch.autograd.Function):
-    """Packed rows to the layout attention reads: ``parts`` (P, heads, L, d) views of one grid.
-
-    Backward gathers each view's gradient straight into the packed rows. Autograd's own backward
-    of the views would stack the gradients and copy the stack into the grid's layout first: two
-    more passes over the largest tensor of a Transformer layer.
-    """
+    """Packed rows to the (P, heads, L, d) layout attention reads; backward gathers the tokens'
+    gradient rows from it in one pass. Autograd's own backward of the scatter and views would
+    first copy the gradient into the grid's row layout."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, grid: _PersonGrid, parts: int, heads: int) -> tuple[Tensor, ...]:
+    def forward(ctx, x: Tensor, grid: _PersonGrid, heads: int) -> Tensor:
         ctx.grid = grid
-        cells = grid.scatter(x).view(grid.P, grid.L, parts, heads, -1)  # (P, L, parts, heads, d)
-        return cells.permute(2, 0, 3, 1, 4).unbind(0)
+        return grid._scatter_heads(x, heads)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
-        grid = ctx.grid
-        rows = torch.stack([g.transpose(1, 2)[grid.person, grid.place] for g in grads], 1)  # (V, parts, heads, d)
-        return rows.flatten(1), None, None, None
+    def backward(ctx, grad: Tensor):
+        return ctx.grid._gather_heads(grad), None, None
 
 
 class _FromHeads(torch.autograd.Function):
-    """Attention's (P, heads, L, d) output back to packed (V, heads * d) rows. Backward puts each
-    row's gradient in its cell of a fresh grid, zeros elsewhere: the cells are distinct, so
-    nothing is accumulated (indexing's own backward accumulates)."""
+    """Attention's (P, heads, L, d) output back to packed (V, heads * d) rows; backward puts each
+    row's gradient in its cell of a zero grid. The cells are distinct, so nothing needs the
+    accumulation that indexing's own backward does."""
 
     @staticmethod
     def forward(ctx, x: Tensor, grid: _PersonGrid) -> Tensor:
         ctx.grid, ctx.heads = grid, x.shape[1]
-        return x.transpose(1, 2)[grid.person, grid.place].flatten(1)
+        return grid._gather_heads(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grid = ctx.grid
-        return grid.scatter(grad).view(grid.P, grid.L, ctx.heads, -1).transpose(1, 2), None
+        return ctx.grid._scatter_heads(grad, ctx.heads), None
 
 
 def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid, attention_dropout: float) -> Tensor:
@@ -280,8 +279,12 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
     for layer in encoder.layers:
         attn = layer.self_attn
         heads = attn.num_heads
-        qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)  # (V, 3H)
-        q, k, v = grid.heads(qkv, 3, heads)  # (P, heads, L, H/heads) each
+        normed = layer.norm1(x)
+        # one (V, H) product per part rather than one (V, 3H): the same work, and at the step
+        # benchmark's shape every tensor stays under glibc's 32 MB mmap threshold, above which
+        # each step's allocation maps fresh pages and pays their faults (~4 GB/s here)
+        q, k, v = (grid.heads(F.linear(normed, w, b), heads)  # (P, heads, L, H / heads) each
+                   for w, b in zip(attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)))
         ctx = grid.from_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p))  # (V, H)
         x = dropout_add(x, attn.out_proj(ctx), layer.dropout1.p, layer.training)
         hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p, layer.training)
