@@ -272,9 +272,7 @@ def _packed_encoder(encoder: nn.TransformerEncoder, x: Tensor, grid: _PersonGrid
     Returns:
         (V, H) the encoder's output for each token.
     """
-    H = x.shape[1]
-    P, L = grid.P, grid.L
-    keep = grid.keep.view(P, 1, 1, L)  # (P, 1, 1, L)
+    keep = grid.keep.view(grid.P, 1, 1, grid.L)  # (P, 1, 1, L)
     dropout_p = attention_dropout if encoder.training else 0.0
     for layer in encoder.layers:
         attn = layer.self_attn
