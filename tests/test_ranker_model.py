@@ -256,6 +256,23 @@ def test_packed_temporal_encoder_matches_the_padded_one(someone_always_present):
     torch.testing.assert_close(grad, expected_grad[person, frame], atol=1e-5, rtol=1e-5)
 
 
+def test_the_person_grid_is_zero_where_no_token_even_in_reused_memory():
+    """The grid is allocated uninitialised; its empty cells must still read 0 (attention's
+    backward reads them, and a NaN left there by earlier work would spread)."""
+    from msgvip.ranker.model import _PersonGrid
+
+    person = torch.tensor([0, 0, 1, 2, 2, 2])
+    place = torch.tensor([0, 1, 0, 0, 1, 2])
+    grid = _PersonGrid(person, place, torch.tensor([2, 1, 3]))
+    x = torch.randn(6, 5)
+    for _ in range(3):  # freed NaN blocks of the grid's size are what the allocator hands out next
+        junk = torch.full((grid.P * grid.L, 5), float("nan"))
+        del junk
+        cells = grid.scatter(x)
+        assert torch.equal(cells[grid.keep], x[torch.argsort(grid.cell)])
+        assert (cells[~grid.keep] == 0).all()
+
+
 def test_dense_frame_blocks_compute_gatv2conv():
     """A graph block attends over dense per-frame blocks with GATv2Conv's parameters: the same
     output and input gradient as the conv itself on the edge list of each frame's complete graph

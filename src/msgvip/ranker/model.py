@@ -200,6 +200,7 @@ class _PersonGrid:
         self.person, self.place = person, place
         self.cell = person * self.L + place  # (V,) row of each token in the flattened grid
         self.keep = torch.arange(self.L, device=length.device) < length.unsqueeze(1)  # (P, L) True at a token
+        self.empty = (~self.keep).flatten().nonzero().squeeze(1)  # rows of the flattened grid with no token
 
     def heads(self, x: Tensor, heads: int) -> Tensor:
         # x (V, H) -> (P, heads, L, H / heads), zeros where no token; backward gathers
@@ -210,9 +211,9 @@ class _PersonGrid:
         return _FromHeads.apply(x, self)
 
     def scatter(self, x: Tensor) -> Tensor:
-        # x (V, C) -> (P, L, C), zeros where no token
-        grid = x.new_zeros(self.P * self.L, x.shape[1])
-        return grid.index_copy_(0, self.cell, x).view(self.P, self.L, -1)  # in place: no copy of the zeros
+        # x (V, C) -> (P, L, C), zeros where no token; every row written once
+        grid = x.new_empty(self.P * self.L, x.shape[1]).index_fill_(0, self.empty, 0.0)
+        return grid.index_copy_(0, self.cell, x).view(self.P, self.L, -1)
 
     def _scatter_heads(self, x: Tensor, heads: int) -> Tensor:
         return self.scatter(x).view(self.P, self.L, heads, -1).transpose(1, 2)
