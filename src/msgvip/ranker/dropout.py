@@ -3,8 +3,11 @@
 torch's CPU dropout draws one Bernoulli sample per element. At the step benchmark's shape (5,600
 person-frames x 768) that took 38 ms a call, 9% of a width-matched training step with its 13
 calls; comparing four 16-bit words of each 64-bit draw with a threshold makes the same mask in
-10 ms. The keep probability is rounded to a multiple of 1/65536 (0.9 -> 0.899994) and kept values
-are scaled by the inverse of that rounded probability, so the expectation is unchanged.
+10 ms. The 64-bit draws come from numpy's PCG64 seeded from torch's generator (so
+``torch.manual_seed`` still fixes every mask): 3.6 ms against 8.1 ms from torch's own CPU
+generator for one such mask. The keep probability is rounded to a multiple of 1/65536 (0.9 ->
+0.899994) and kept values are scaled by the inverse of that rounded probability, so the
+expectation is unchanged.
 
 The mask is a float tensor (0 or that scale): applying it is one product forward and one
 backward, and :func:`dropout_add` folds a residual sum into the same pass (``addcmul``).
@@ -13,6 +16,7 @@ Other devices (CUDA has a fused dropout kernel) and extreme rates use ``F.dropou
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,8 +33,9 @@ def _mask(x: Tensor, p: float) -> Tensor | None:
     if x.device.type != "cpu" or not 0 < kept_words < WORD_VALUES:
         return None
     n = x.numel()
-    draws = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64)
-    words = draws.view(torch.int16)[:n].view(x.shape)  # uniform over the 65,536 int16 values
+    seed = int(torch.randint(1 << 62, ()))  # from torch's generator: torch.manual_seed fixes every mask
+    draws = torch.from_numpy(np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16))
+    words = draws[:n].view(x.shape)  # uniform over the 65,536 int16 values
     return torch.where(words < kept_words - WORD_VALUES // 2, WORD_VALUES / kept_words, 0.0).to(x.dtype)
 
 
