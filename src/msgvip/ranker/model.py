@@ -359,7 +359,7 @@ class _PairScores(torch.autograd.Function):
         return grad_dst, grad_src, grad_att.to(ctx.att_dtype), None, None
 
 
-def pair_scores(dst: Tensor, src: Tensor, att: Tensor, slope: float) -> Tensor:
+def _pair_scores(dst: Tensor, src: Tensor, att: Tensor, slope: float) -> Tensor:
     """``(att * leaky_relu(dst[:, :, None] + src[:, None], slope)).sum(-1)``: (F, c, heads, C)
     twice and (heads, C) -> (F, c, c, heads), in chunks on a CPU (:class:`_PairScores`)."""
     chunk = PAIR_CHUNK if dst.device.type == "cpu" else dst.numel() * dst.shape[1]  # one chunk where launches cost
@@ -394,7 +394,7 @@ class _GraphBlock(nn.Module):
         out = []
         for (c, f), src, dst in zip(frames.sizes, source.split(rows), target.split(rows)):
             src, dst = src.view(f, c, heads, C), dst.view(f, c, heads, C)
-            alpha = pair_scores(dst, src, conv.att.view(heads, C), conv.negative_slope).softmax(2)  # (f, c, c, heads) over each target's sources
+            alpha = _pair_scores(dst, src, conv.att.view(heads, C), conv.negative_slope).softmax(2)  # (f, c, c, heads) over each target's sources
             alpha = F.dropout(alpha, conv.dropout, self.training)
             out.append(torch.einsum("fijh,fjhc->fihc", alpha, src).reshape(f * c, heads * C))
         return self.norm(dropout_add(x, F.gelu(torch.cat(out) + conv.bias), self.dropout.p, self.training))
