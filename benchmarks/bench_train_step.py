@@ -11,7 +11,8 @@ msgvip the trainer's (``model.loss_terms`` with the default ``TrainConfig``), sv
 ``CombinedLoss``. All run in float32 by default; ``--autocast`` runs every forward and loss
 under bfloat16 autocast instead, as svip's own training loop does on a CPU (msgvip's trainer
 autocasts on CUDA only). On the development machine's 2 cores (AVX512-BF16, no AMX) that
-helped svip more than msgvip: 37.5 s -> 19.6 s against 2.72 s -> 1.90 s at svip's widths.
+helped svip more than msgvip: 42.8 s -> 25.8 s against 2.96 s -> 2.22 s at svip's widths (two
+runs, one after the other).
 
 Models:
 
