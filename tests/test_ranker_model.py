@@ -242,15 +242,16 @@ def test_packed_temporal_encoder_matches_the_padded_one(someone_always_present):
     seq = torch.randn(P, T, H, generator=g)
     person, frame = present.nonzero(as_tuple=True)
     place = (present.cumsum(1) - 1)[person, frame]
+    grid = _PersonGrid(person, place, present.sum(1))
     for training in (False, True):
         encoder.train(training)
         with torch.no_grad():
             expected = encoder(seq, src_key_padding_mask=~present)[person, frame]
-            packed = _packed_encoder(encoder, seq[person, frame], _PersonGrid(person, place, present.sum(1)), 0.0)
+            packed = _packed_encoder(encoder, seq[person, frame], grid, 0.0)
         torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
     tokens = seq[person, frame].requires_grad_()
     weight = torch.randn(len(person), H, generator=g)
-    (grad,) = torch.autograd.grad((_packed_encoder(encoder, tokens, _PersonGrid(person, place, present.sum(1)), 0.0) * weight).sum(), tokens)
+    (grad,) = torch.autograd.grad((_packed_encoder(encoder, tokens, grid, 0.0) * weight).sum(), tokens)
     rows = seq.clone().requires_grad_()
     (expected_grad,) = torch.autograd.grad((encoder(rows, src_key_padding_mask=~present)[person, frame] * weight).sum(), rows)
     torch.testing.assert_close(grad, expected_grad[person, frame], atol=1e-5, rtol=1e-5)
@@ -296,7 +297,6 @@ def test_dense_frame_blocks_compute_gatv2conv():
     torch.testing.assert_close(dense_grad, expected_grad, atol=1e-4, rtol=1e-4)
 
 
-
 @pytest.mark.parametrize("chunk", [1, 40, 10_000])  # a frame at a time, a few frames, all at once
 def test_pair_scores_in_chunks_match_the_formula_and_its_gradients(chunk):
     """GATv2's pair scores, formed chunk by chunk and formed again in backward, equal the
@@ -310,6 +310,7 @@ def test_pair_scores_in_chunks_match_the_formula_and_its_gradients(chunk):
     expected = (att * F.leaky_relu(dst.unsqueeze(2) + src.unsqueeze(1), 0.2)).sum(-1)  # (5, 3, 3, 2)
     torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda d, s, a: _PairScores.apply(d, s, a, 0.2, chunk), (dst, src, att))
+
 
 def test_input_layer_norm_folded_into_the_projection_is_the_same_map():
     """A family's LayerNorm scale and shift, folded into its projection, give the output and the
