@@ -134,7 +134,7 @@ def test_list_runs_shows_options_metrics_and_seed_groups(sweep):
 
 def test_best_epoch_follows_the_trainers_rule(sweep, tmp_path):
     # the trainer keeps the first epoch that beats the best val Rank@1 by more than min_delta,
-    # which need not be the epoch of the highest value
+    # which need not be the epoch of the highest value, and breaks ties on the val loss
     _, runs = sweep
     run = tmp_path / "run"
     shutil.copytree(runs / "seed-0", run, ignore=shutil.ignore_patterns("*.pt"))
@@ -146,6 +146,13 @@ def test_best_epoch_follows_the_trainers_rule(sweep, tmp_path):
     assert (row.name, row.epochs_run, row.best_epoch) == (".", 3, 1)
     assert row.metrics == {"val_loss": 0.9, "val_rank@1": 0.5, "val_mrr": 0.7, **{k: v for k, v in row.metrics.items() if k.startswith("test_")}}
     assert row.options["train.min_delta"] == 0.1
+
+    # a tie on val Rank@1 goes to the lower val loss: epoch 3, not epoch 2 (nor epoch 4, whose loss is higher)
+    config["train"]["min_delta"] = 0.0
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.csv").write_text("epoch,val_loss,val_rank@1,val_mrr\n1,0.9,0.5,0.7\n2,0.8,0.6,0.75\n3,0.7,0.6,0.8\n4,0.75,0.6,0.9\n")
+    (row,) = list_runs(run)
+    assert (row.epochs_run, row.best_epoch, row.metrics["val_loss"]) == (4, 3, 0.7)
 
 
 def test_a_run_from_before_an_option_shows_what_it_trained_with(sweep, tmp_path):

@@ -248,3 +248,13 @@ def test_a_run_recorded_before_later_model_options_loads_as_it_was_trained(store
     data = StoreDataset(store, "val", in_memory="yes")
     runtime = Runtime(torch.device("cpu"))
     assert np.array_equal(score_dataset(before, data, runtime, 4, amp=False), score_dataset(after, data, runtime, 4, amp=False))
+
+
+def test_a_better_checkpoint_has_higher_val_rank1_or_the_same_with_lower_loss():
+    from msgvip.ranker.trainer import improves
+
+    assert improves(0.6, 0.9, 0.5, 0.1, min_delta=0.0)  # higher Rank@1 wins whatever the loss
+    assert not improves(0.55, 0.1, 0.5, 0.9, min_delta=0.1)  # not by more than min_delta
+    assert improves(0.5, 0.8, 0.5, 0.9, min_delta=0.0)  # a tie: the lower loss wins
+    assert not improves(0.5, 0.9, 0.5, 0.9, min_delta=0.0) and not improves(0.5, 1.0, 0.5, 0.9, min_delta=0.0)
+    assert not improves(0.4, 0.1, 0.5, 0.9, min_delta=0.0)

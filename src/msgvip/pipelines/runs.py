@@ -33,7 +33,7 @@ import numpy as np
 from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
-from ..ranker.trainer import TrainConfig, _scored_split, run_config
+from ..ranker.trainer import TrainConfig, _scored_split, improves, run_config
 from ..store.feature_store import FeatureStore
 
 __all__ = [
@@ -215,19 +215,18 @@ def _differing(section: str, values: dict, defaults: dict, ignored: frozenset[st
 
 def _best_val(folder: Path, min_delta: float) -> tuple[int, int | None, dict[str, float], str | None]:
     """(epochs run, best epoch, its ``val_*`` metrics, problem) from metrics.csv, the best epoch
-    chosen by the trainer's own rule: the first to beat the best val Rank@1 by more than
-    ``min_delta``."""
+    chosen by the trainer's own rule (``improves``)."""
     path = folder / "metrics.csv"
     if not path.exists():
         return 0, None, {}, f"{path}: missing (no epoch finished)"
     try:
         with open(path, newline="") as f:
             history = list(csv.DictReader(f))
-        best_row, best = None, -1.0
+        best_row, best, best_loss = None, -1.0, math.inf
         for row in history:
-            value = float(row["val_rank@1"])
-            if value > best + min_delta:
-                best_row, best = row, value
+            value, loss = float(row["val_rank@1"]), float(row.get("val_loss") or math.inf)
+            if improves(value, loss, best, best_loss, min_delta):
+                best_row, best, best_loss = row, value, loss
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
         return 0, None, {}, f"{path}: unreadable ({type(err).__name__}: {err}); the run directory is damaged"
     if best_row is None:
