@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..config import ConfigError
 from ..store.feature_store import FeatureStore
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
+from .host_memory import retain_freed_memory
 from .layer_mix import layer_counts
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
@@ -307,6 +308,8 @@ def train(
 
     start = time.perf_counter()
     runtime = Runtime.setup(train_config.device)
+    if runtime.device.type == "cpu":
+        retain_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     run_dir = Path(run_dir)
     cfg = train_config
     if cfg.logger not in LOGGERS:
