@@ -19,7 +19,7 @@ DEMO_TRAIN) once per seed and scores it on the test split. It prints:
     .venv/bin/python benchmarks/bench_probe_vs_model.py [--difficulty default hard] [--features geometry]
         [--seeds 0 1 2] [--clips 240] [--keep DIR] [--json] [--model-option KEY=VALUE ...]
 
-The default run (both difficulties, all four families, 3 seeds) took 6.5 minutes on 2 CPU cores.
+The default run (both difficulties, all four families, 3 seeds) took 8 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

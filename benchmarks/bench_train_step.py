@@ -29,8 +29,9 @@ malloc keeps freed memory for the next step instead of returning it to the kerne
 run with ``msgvip train`` does. It is one setting for the whole process, so svip's steps run under
 it too; ``--system-allocator`` leaves glibc's defaults instead.
 
-Printed: each model's median forward, backward and step time over the timed rounds, and the
-ratios svip / msgvip of those medians.
+Printed: each model's median forward, backward and step time over the timed rounds, its median
+minor page faults and kernel (system) CPU time per step, and the ratios svip / msgvip of the
+time medians.
 
     SVIP_REPO=/tmp/svip python benchmarks/bench_train_step.py      # full size, CPU
     SVIP_REPO=/tmp/svip python benchmarks/bench_train_step.py --autocast   # ... in bfloat16
@@ -49,6 +50,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -147,19 +149,21 @@ def time_rounds(steps: dict[str, tuple[nn.Module, Callable[[], Tensor]]], device
                 repeats: int, per_round: dict[str, int]) -> dict[str, dict]:
     """Per round, ``per_round[name]`` steps of every model in turn; medians over the rounds after
     ``warmup``."""
-    runs = {name: ([], []) for name in steps}
+    runs = {name: ([], [], [], []) for name in steps}
     for i in range(warmup + repeats):
         for name, (model, step) in steps.items():
             for _ in range(per_round[name]):
                 _time_step(name, model, step, device, runs[name] if i >= warmup else None)
     results = {}
-    for name, (forward, backward) in runs.items():
+    for name, (forward, backward, faults, kernel) in runs.items():
         fwd, bwd = statistics.median(forward), statistics.median(backward)
         results[name] = {
             "forward_ms": fwd,
             "backward_ms": bwd,
             "step_ms": fwd + bwd,
             "step_ms_runs": [round(f + b, 1) for f, b in zip(forward, backward)],  # the spread on a noisy machine
+            "page_faults": statistics.median(faults),  # minor faults per step: memory the kernel mapped in afresh
+            "kernel_ms": statistics.median(kernel),  # system CPU time per step, mostly those faults
             "params": sum(p.numel() for p in steps[name][0].parameters()),
         }
     return results
@@ -176,10 +180,12 @@ def _autocast(step: Callable[[], Tensor], device: str) -> Callable[[], Tensor]:
 
 
 def _time_step(name: str, model: nn.Module, step: Callable[[], Tensor], device: str,
-               runs: tuple[list[float], list[float]] | None) -> None:
-    """One step; its forward and backward milliseconds appended to ``runs`` unless None."""
+               runs: tuple[list[float], ...] | None) -> None:
+    """One step; its forward and backward milliseconds, page faults and kernel milliseconds
+    appended to ``runs`` unless None."""
     model.zero_grad(set_to_none=True)
     _sync(device)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     loss = step()
     _sync(device)
@@ -187,11 +193,14 @@ def _time_step(name: str, model: nn.Module, step: Callable[[], Tensor], device: 
     loss.backward()
     _sync(device)
     t2 = time.perf_counter()
+    after = resource.getrusage(resource.RUSAGE_SELF)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{name} produced a non-finite loss {loss.item()}")
     if runs is not None:
         runs[0].append((t1 - t0) * 1e3)
         runs[1].append((t2 - t1) * 1e3)
+        runs[2].append(after.ru_minflt - before.ru_minflt)
+        runs[3].append((after.ru_stime - before.ru_stime) * 1e3)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -269,10 +278,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{shape['valid_per_frame']} persons per frame, {shape['persons_per_clip']} per clip; "
           f"{args.repeats} timed rounds after {args.warmup} untimed, each with {args.msgvip_steps} step(s) of each msgvip "
           f"model{' and one of svip' if 'svip' in steps else ''}")
-    print(f"{'model':<11} {'params':>11} {'forward ms':>11} {'backward ms':>12} {'step ms':>10}  timed steps (ms)")
+    print(f"{'model':<11} {'params':>11} {'forward ms':>11} {'backward ms':>12} {'step ms':>10} {'faults':>8} {'kernel ms':>10}  timed steps (ms)")
     for name, r in results.items():
         print(f"{name:<11} {r['params']:>11,} {r['forward_ms']:>11.1f} {r['backward_ms']:>12.1f} "
-              f"{r['step_ms']:>10.1f}  {r['step_ms_runs']}")
+              f"{r['step_ms']:>10.1f} {r['page_faults']:>8.0f} {r['kernel_ms']:>10.0f}  {r['step_ms_runs']}")
     if "ratio" in report:
         for name, ratio in report["ratio"].items():
             print(f"svip / {name}: forward {ratio['forward']:.1f}x, backward {ratio['backward']:.1f}x, "

@@ -103,8 +103,8 @@ class RankerConfig:
     # mean and the presence statistics, added to the logit: the model contains a linear probe.
     # Off by default: over wide families (thousands of pooled columns, a few hundred clips) it
     # can fit the training clips through their noise, and with the scene track and standardised
-    # inputs it no longer helps (demo store, test Rank@1, mean of 3 seeds: 0.933 with it and
-    # 0.933 without; bench_probe_vs_model.py --model-option linear_skip=true).
+    # inputs it no longer helps (demo store, test Rank@1, mean of 3 seeds: 0.914 with it and
+    # 0.952 without; bench_probe_vs_model.py --model-option linear_skip=true).
     linear_skip: bool = False
     # The skip path also learns on its own (cross-entropy of its score alone, this weight), so it
     # stays a fitted probe even once the deep path has memorised the training clips.
