@@ -149,21 +149,22 @@ def time_rounds(steps: dict[str, tuple[nn.Module, Callable[[], Tensor]]], device
                 repeats: int, per_round: dict[str, int]) -> dict[str, dict]:
     """Per round, ``per_round[name]`` steps of every model in turn; medians over the rounds after
     ``warmup``."""
-    runs = {name: ([], [], [], []) for name in steps}
+    runs = {name: {"forward": [], "backward": [], "faults": [], "kernel": []} for name in steps}
     for i in range(warmup + repeats):
         for name, (model, step) in steps.items():
             for _ in range(per_round[name]):
                 _time_step(name, model, step, device, runs[name] if i >= warmup else None)
     results = {}
-    for name, (forward, backward, faults, kernel) in runs.items():
+    for name, run in runs.items():
+        forward, backward = run["forward"], run["backward"]
         fwd, bwd = statistics.median(forward), statistics.median(backward)
         results[name] = {
             "forward_ms": fwd,
             "backward_ms": bwd,
             "step_ms": fwd + bwd,
             "step_ms_runs": [round(f + b, 1) for f, b in zip(forward, backward)],  # the spread on a noisy machine
-            "page_faults": statistics.median(faults),  # minor faults per step: memory the kernel mapped in afresh
-            "kernel_ms": statistics.median(kernel),  # system CPU time per step, mostly those faults
+            "page_faults": statistics.median(run["faults"]),  # minor faults per step: memory the kernel mapped in afresh
+            "kernel_ms": statistics.median(run["kernel"]),  # system CPU time per step, mostly those faults
             "params": sum(p.numel() for p in steps[name][0].parameters()),
         }
     return results
@@ -180,9 +181,9 @@ def _autocast(step: Callable[[], Tensor], device: str) -> Callable[[], Tensor]:
 
 
 def _time_step(name: str, model: nn.Module, step: Callable[[], Tensor], device: str,
-               runs: tuple[list[float], ...] | None) -> None:
+               runs: dict[str, list[float]] | None) -> None:
     """One step; its forward and backward milliseconds, page faults and kernel milliseconds
-    appended to ``runs`` unless None."""
+    appended to ``runs``' lists of those names unless None."""
     model.zero_grad(set_to_none=True)
     _sync(device)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -197,10 +198,10 @@ def _time_step(name: str, model: nn.Module, step: Callable[[], Tensor], device: 
     if not torch.isfinite(loss):
         raise RuntimeError(f"{name} produced a non-finite loss {loss.item()}")
     if runs is not None:
-        runs[0].append((t1 - t0) * 1e3)
-        runs[1].append((t2 - t1) * 1e3)
-        runs[2].append(after.ru_minflt - before.ru_minflt)
-        runs[3].append((after.ru_stime - before.ru_stime) * 1e3)
+        runs["forward"].append((t1 - t0) * 1e3)
+        runs["backward"].append((t2 - t1) * 1e3)
+        runs["faults"].append(after.ru_minflt - before.ru_minflt)
+        runs["kernel"].append((after.ru_stime - before.ru_stime) * 1e3)
 
 
 def main(argv: list[str] | None = None) -> dict:
