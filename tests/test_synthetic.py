@@ -1,9 +1,11 @@
 """The synthetic clip generator: exact format, determinism, variety, drawn people, and cues that a
 geometry model can learn while the box-size and centrality heuristics stay near chance; in the
-hard setting, a cue that per-person statistics cannot see and comparing people in time can."""
+hard setting, a cue that per-person statistics cannot see and comparing people in time can; in
+each cue world, its one cue and no other."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -17,6 +19,9 @@ import pytest
 
 from msgvip.data import read_clip
 from msgvip.data.synthetic import (
+    BADGE,
+    CLOTHES,
+    DIFFICULTIES,
     HARD_CHAIN,
     HARD_CHAIN_GAP,
     HARD_EDGE_FRAMES,
@@ -24,6 +29,8 @@ from msgvip.data.synthetic import (
     HARD_MIN_FRAMES,
     HARD_MIN_PERSONS,
     HARD_SEPARATION,
+    WORLD_MIN_PERSONS,
+    WORLDS,
     DemoDataConfig,
     generate_clip,
     split_of,
@@ -327,10 +334,217 @@ def test_hard_clips_defeat_a_per_person_probe(tmp_path: Path) -> None:
 
 
 def test_hard_config_is_checked() -> None:
-    with pytest.raises(ValueError, match="difficulty must be one of default, hard, got 'medium'"):
+    with pytest.raises(ValueError, match=f"difficulty must be one of {', '.join(DIFFICULTIES)}, got 'medium'"):
         DemoDataConfig(difficulty="medium")
     with pytest.raises(ValueError, match=f"persons must be >= {HARD_MIN_PERSONS} for difficulty 'hard'"):
         DemoDataConfig(persons=3, difficulty="hard")
     with pytest.raises(ValueError, match=f"frames must be >= {HARD_MIN_FRAMES} for difficulty 'hard'"):
         DemoDataConfig(frames=HARD_MIN_FRAMES - 1, difficulty="hard")
     DemoDataConfig(frames=8, persons=2)  # the default setting keeps its own limits
+
+
+# --------------------------------------------------------------------------------------------
+# The cue worlds: one cue each, everything else drawn alike.
+
+WORLD = DemoDataConfig(clips=150, frames=24, persons=6, height=64, width=112, seed=5)
+# the per-person statistics (see _person_statistics) each world's cue shows in
+CUES = {"presence": {"presence"}, "drift": {"approach"}, "group": {"closeness"}, "appearance": set(), "pixel": set()}
+
+
+def test_default_and_hard_clips_keep_their_bytes() -> None:
+    """New settings must not change the old ones: these digests were taken before the cue worlds
+    were added (numpy 2.4). If a deliberate change to the default or hard draw breaks them, take
+    them anew and say so."""
+    pinned = {
+        "default": (SMALL, "cb7574bc5da8249c74440ff2dd89acd84e35470b4b9479af6d5d2e32623d8195"),
+        "hard": (HARD, "8c7587dea3196e237bdf7e6c404e13373460cbd45a124fc8fca280f1b71ebe05"),
+    }
+    for name, (config, expected) in pinned.items():
+        h = hashlib.sha256()
+        for index in range(4):
+            h.update(digest(generate_clip(index, config)).encode())
+        assert h.hexdigest() == expected, name
+
+
+def _person_statistics(clip: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+    """Per slot, -inf at empty ones: time-pooled statistics of its own box, as a per-person probe
+    sees them, and two relations to the others (how fast they come its way; how close they stand)."""
+    boxes, mask = clip["bboxes"].astype(np.float64), clip["person_mask"]
+    count = np.maximum(mask.sum(0), 1)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    moving = mask[1:] & mask[:-1]
+    step = np.linalg.norm(np.diff(centre, axis=0), axis=-1)
+    slots = np.arange(mask.shape[1])
+    first, last = mask.argmax(0), len(mask) - 1 - mask[::-1].argmax(0)
+    valid = mask.any(0)
+    mean_centre = (centre * mask[..., None]).sum(0) / count[:, None]
+    apart = np.linalg.norm(mean_centre[:, None] - mean_centre[None], axis=-1)
+    heuristics = _rank_scores(clip, height, width)
+    statistics = {
+        "presence": mask.mean(0),
+        "x": mean_centre[:, 0],
+        "y": mean_centre[:, 1],
+        "area": heuristics["largest box"],
+        "height": ((boxes[..., 3] - boxes[..., 1]) * mask).sum(0) / count,
+        "speed": (step * moving).sum(0) / np.maximum(moving.sum(0), 1),
+        "displacement": np.linalg.norm(centre[last, slots] - centre[first, slots], axis=-1),
+        "height change": heuristics["gesture cue"],
+        "approach": heuristics["approach cue"],
+        "closeness": -(apart * valid).sum(1) / max(valid.sum() - 1, 1),
+    }
+    return {name: np.where(valid, value, -np.inf) for name, value in statistics.items()}
+
+
+def _target_rank(score: np.ndarray, target: int) -> float:
+    """Where the target's score falls among the others' of its clip: 0 below all, 1 above all, ties
+    halfway; 0.5 on average when the score says nothing."""
+    others = score[np.isfinite(score) & (np.arange(len(score)) != target)]
+    return float(((others < score[target]).sum() + 0.5 * (others == score[target]).sum()) / len(others))
+
+
+@functools.cache
+def _world_ranks(difficulty: str) -> tuple[dict[str, float], dict[str, float], float]:
+    """Over WORLD's clips drawn in ``difficulty``: the target's mean rank on each per-person
+    statistic, how often the largest box and the most central one are the target, and chance."""
+    config = replace(WORLD, difficulty=difficulty)
+    ranks: dict[str, list[float]] = {}
+    hits = {"largest box": 0, "most central": 0}
+    chance = 0.0
+    for index in range(config.clips):
+        clip = generate_clip(index, config)
+        target = int(clip["target_index"])
+        for name, score in _person_statistics(clip, config.height, config.width).items():
+            ranks.setdefault(name, []).append(_target_rank(score, target))
+        heuristics = _rank_scores(clip, config.height, config.width)
+        for name in hits:
+            hits[name] += int(np.argmax(heuristics[name]) == target)
+        chance += 1 / clip["person_mask"].any(0).sum() / config.clips
+    return {name: float(np.mean(r)) for name, r in ranks.items()}, {name: hit / config.clips for name, hit in hits.items()}, chance
+
+
+@pytest.mark.parametrize("difficulty", WORLDS)
+def test_each_world_shows_its_cue_and_no_other_in_the_boxes(difficulty: str) -> None:
+    """The target ranks high on its world's cue statistics, and like anyone on every other box
+    statistic (its own size, place, motion and presence); largest box and most central stay near
+    chance. Appearance and pixel worlds have no cue in the boxes at all."""
+    ranks, heuristics, chance = _world_ranks(difficulty)
+    print(f"{difficulty}: target ranks " + ", ".join(f"{k} {v:.2f}" for k, v in ranks.items()) + f"; heuristics {heuristics} (chance {chance:.2f})")
+    for name, rank in ranks.items():
+        if name in CUES[difficulty]:
+            assert rank > 0.65, name
+        else:
+            assert abs(rank - 0.5) < 0.1, name
+    for name, hit in heuristics.items():
+        assert abs(hit - chance) < 0.1, name
+
+
+def test_the_box_check_finds_the_default_cues() -> None:
+    """The check above can fail: on default clips, where the target gestures, is approached and
+    does not walk, those statistics are far from the middle."""
+    ranks, _, _ = _world_ranks("default")
+    assert ranks["approach"] > 0.7 and ranks["height change"] > 0.7 and ranks["displacement"] < 0.4
+
+
+def test_presence_target_is_there_throughout_and_nobody_else() -> None:
+    config = replace(WORLD, clips=60, difficulty="presence")
+    late = early = 0
+    for index in range(config.clips):
+        clip = generate_clip(index, config)
+        mask, target = clip["person_mask"], int(clip["target_index"])
+        others = mask[:, mask.any(0) & (np.arange(config.persons) != target)]
+        assert clip["frame_mask"].all() and mask[:, target].all()
+        assert (others.mean(0) < 1).all() and (others.mean(0) >= 0.25).all()
+        late += int((~others[0]).sum())
+        early += int((~others[-1]).sum())
+        # each present once, in one stretch: arriving late or leaving early, never both
+        assert (np.abs(np.diff(others.astype(int), axis=0)).sum(0) == 1).all()
+    assert late >= 40 and early >= 40
+
+
+def _torso_colours(clip: dict[str, np.ndarray]) -> dict[int, set[tuple[int, ...]]]:
+    """Slot -> the colours at the middle of its torso, in the frames where no nearer box covers
+    that spot (the torso is the upper 0.43 to 0.8 of the height below the head)."""
+    colours: dict[int, set[tuple[int, ...]]] = {}
+    for f in np.flatnonzero(clip["frame_mask"]):
+        boxes, present = clip["bboxes"][f].astype(np.float64), clip["person_mask"][f]
+        for slot in np.flatnonzero(present):
+            x1, y1, x2, y2 = boxes[slot]
+            x, y = (x1 + x2) / 2, y2 - 0.6 * (y2 - y1)
+            nearer = present & (boxes[:, 3] > y2)
+            if ((boxes[nearer, 0] <= x + 1) & (x - 1 <= boxes[nearer, 2]) & (boxes[nearer, 1] <= y + 1) & (y - 1 <= boxes[nearer, 3])).any():
+                continue
+            colours.setdefault(int(slot), set()).add(tuple(clip["frames"][f, int(y), int(x)].tolist()))
+    return colours
+
+
+def test_appearance_bystanders_wear_one_shirt_and_the_target_another() -> None:
+    """In the pixels, every bystander's torso shows one colour of the palette, the target's
+    another, and the colour changes from clip to clip; with each one's own clothes (the pixel
+    world) the bystanders' shirts differ."""
+    uniforms, seen, mixed = set(), 0, 0
+    for difficulty in ("appearance", "pixel"):
+        config = replace(WORLD, clips=30, frames=8, difficulty=difficulty)
+        for index in range(config.clips):
+            clip = generate_clip(index, config)
+            colours = _torso_colours(clip)
+            target = int(clip["target_index"])
+            bystanders = set().union(*(c for slot, c in colours.items() if slot != target))
+            if difficulty == "pixel":
+                mixed += len(bystanders) > 1
+                continue
+            assert len(bystanders) == 1 and next(iter(bystanders)) in {tuple(c) for c in CLOTHES.tolist()}
+            uniforms |= bystanders
+            if target in colours:
+                seen += 1
+                assert colours[target] & bystanders == set()
+    assert seen >= 20 and len(uniforms) >= 6 and mixed >= 20
+
+
+def test_pixel_target_wears_the_badge_and_nobody_else() -> None:
+    """Badge-coloured pixels lie inside the target's box only, show in most clips, and are at most
+    2 by 2 on 96-row frames; no other world draws that colour."""
+    shown = 0
+    for difficulty in WORLDS:
+        config = replace(WORLD, clips=20, frames=6, height=96, width=160, difficulty=difficulty)
+        for index in range(config.clips):
+            clip = generate_clip(index, config)
+            badge = (clip["frames"] == BADGE).all(-1)  # (T, H, W)
+            if difficulty != "pixel":
+                assert not badge.any(), difficulty
+                continue
+            x1, y1, x2, y2 = clip["bboxes"][:, int(clip["target_index"])].T
+            for f in np.flatnonzero(badge.any((1, 2))):
+                rows, cols = np.nonzero(badge[f])
+                assert ((cols >= x1[f] - 1) & (cols <= x2[f] + 1) & (rows >= y1[f] - 1) & (rows <= y2[f] + 1)).all()
+                assert np.ptp(rows) <= 1 and np.ptp(cols) <= 1
+            shown += badge.any()
+    assert shown >= 15
+
+
+@pytest.mark.parametrize("frames, persons", [(16, 20), (120, 4), (16, WORLD_MIN_PERSONS)])
+def test_worlds_work_over_clip_shapes(frames: int, persons: int, tmp_path: Path) -> None:
+    for difficulty in WORLDS:
+        config = DemoDataConfig(clips=2, frames=frames, persons=persons, height=48, width=64, seed=1, difficulty=difficulty)
+        write_demo_data(tmp_path / difficulty, config)
+        for path in sorted((tmp_path / difficulty).glob("*/*.npz")):
+            clip = read_clip(path)
+            assert clip.person_mask.any(0).sum() >= WORLD_MIN_PERSONS and clip.person_mask[:, clip.target].any()
+
+
+def test_worlds_are_deterministic_and_their_own() -> None:
+    digests = set()
+    for difficulty in WORLDS:
+        config = replace(WORLD, frames=8, difficulty=difficulty)
+        first = generate_clip(4, config)
+        assert digest(first) == digest(generate_clip(4, config)) == digest(generate_clip(4, replace(config, clips=1000)))
+        assert set(first) == FIELDS
+        digests.add(digest(first))
+    digests.add(digest(generate_clip(4, replace(WORLD, frames=8))))
+    assert len(digests) == len(WORLDS) + 1
+
+
+def test_world_config_is_checked() -> None:
+    for difficulty in WORLDS:
+        with pytest.raises(ValueError, match=f"persons must be >= {WORLD_MIN_PERSONS} for difficulty '{difficulty}'"):
+            DemoDataConfig(persons=WORLD_MIN_PERSONS - 1, difficulty=difficulty)
+        DemoDataConfig(frames=4, persons=WORLD_MIN_PERSONS, difficulty=difficulty)

@@ -44,6 +44,33 @@ never among the last raises of a clip, a closer never among the first): on 24 fr
 rule that knows each raise's frame exactly reaches about 0.32 Rank@1, against 0.19 for a pick among
 those who raise an arm. Shorter clips leave the chain too little room to move, so the setting needs
 HARD_MIN_FRAMES frames.
+
+The *cue worlds* (WORLDS) each keep ONE kind of cue, to test whether a ranker's defaults find cues
+of every kind. As in the hard setting everyone is drawn by one law, the target included (sizes,
+places, wandering, facing the camera with P_HARD_FRONTAL, present from the first to the last frame,
+no padding), nobody gestures, and a clip has WORLD_MIN_PERSONS people or more; then each world
+changes one thing:
+
+- ``presence``: presence and timing only. The target is there from the first frame to the last;
+  everyone else arrives late or leaves early (a coin toss each) and is there for a quarter of the
+  frames up to all but one. The presence fraction alone finds the target in every clip.
+- ``drift``: the relational drift only. Everyone, the target too, walks as often (P_DRIFT_WALKS)
+  and as fast, but only the target walks to a random spot: a walking bystander heads for a spot
+  beside the target, which moves along with it, and stays there (the default's relational cue,
+  without the target standing still). Its own motion says nothing; only where the others go does.
+- ``group``: group-relative geometry only. Nobody walks; the others stand around the target, half
+  on its left and half on its right, past a clearing of GROUP_CLEARING frame widths over the number
+  of people and up to a spread drawn per clip (GROUP_SPREAD). Depths and sizes are drawn alike, and
+  positions past a frame edge are mirrored back in, so each x alone is uniform like everyone's: no
+  single column tells (nor largest box or most central), while a person's distance to the others,
+  or its x minus the clip's mean, does in part (near an edge the mirrored group stands to one side).
+- ``appearance``: appearance only. All bystanders wear one shirt colour (sleeves included), the
+  target another, both drawn per clip from CLOTHES; trousers, skin and hair are each one's own. The
+  boxes carry nothing; only pixels tell.
+- ``pixel``: a cue a random backbone cannot be expected to see. The target wears a tiny badge of a
+  colour nothing else is drawn in (BADGE) on its chest, BADGE_SIZE of its height: 1 or 2 pixels on
+  96-row frames. The boxes carry nothing: every ranker but one that learns pixels should be at
+  chance, which tests that a model does no worse than the probe.
 """
 
 from __future__ import annotations
@@ -69,8 +96,21 @@ P_OTHER_FRONTAL = 0.08
 P_PADDED_TAIL = 0.25  # the clip ends with a few padding frames
 P_OTHER_FULL_STAY = 0.55  # a bystander is present from the first to the last frame
 
+# The cue worlds (see the module docstring): one cue each, and everything else drawn alike.
+WORLDS = ("presence", "drift", "group", "appearance", "pixel")
+DIFFICULTIES = ("default", "hard", *WORLDS)
+WORLD_MIN_PERSONS = 3  # "everyone but the target" and "the one the others stand around" need two others
+P_DRIFT_WALKS = 0.7  # in "drift" each person, the target too, walks (else stands, swaying)
+# In "group" the others leave the target a clearing on either side, GROUP_CLEARING frame widths
+# over the number of people in the clip (about each one's share of the frame: a narrower clearing
+# makes the target less often the most central person, a wider one more often), and stand up to a
+# spread, drawn per clip in GROUP_SPREAD frame widths, beyond it.
+GROUP_CLEARING = 0.5
+GROUP_SPREAD = (0.15, 0.35)
+BADGE = np.array([255, 255, 255], np.uint8)  # "pixel": the target's badge, a colour nothing else is drawn in
+BADGE_SIZE = 0.03  # its side, in units of the wearer's height: 1 or 2 pixels on 96-row frames
+
 # The hard setting (see the module docstring): timings in frames.
-DIFFICULTIES = ("default", "hard")
 HARD_GESTURE_FRAMES = 1  # an arm stays raised this long
 HARD_CHAIN = 3  # leader and two followers
 HARD_CHAIN_GAP = 2  # frames from one raise of the chain to the next
@@ -81,7 +121,7 @@ HARD_MIN_PERSONS = 4  # the chain and someone outside it
 # the ends) would otherwise tell an early raise (a leader's) from a late one (a closer's).
 HARD_EDGE_FRAMES = 3
 HARD_MIN_FRAMES = 24  # fewer, and when a person raises its arm tells who leads: 0.45 Rank@1 on 20 frames, 0.75 on 16
-P_HARD_WANDERS = 0.3  # each person walks to a random spot (else stands, swaying)
+P_HARD_WANDERS = 0.3  # each person walks to a random spot (else stands, swaying); also in presence, appearance, pixel
 P_HARD_FRONTAL = 0.25  # each person faces the camera (else a random side, or where it walks)
 
 BOX_NOISE_PX = 0.3  # detector-like jitter of the box coordinates
@@ -113,7 +153,7 @@ class DemoDataConfig:
     width: int = 160
     seed: int = 0
     splits: tuple[tuple[str, float], ...] = (("train", 0.7), ("val", 0.15), ("test", 0.15))
-    difficulty: str = "default"  # or "hard": no per-person cue (see the module docstring)
+    difficulty: str = "default"  # or "hard": no per-person cue, or one of WORLDS: one cue (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.clips < 0:
@@ -132,6 +172,8 @@ class DemoDataConfig:
             raise ValueError(f"persons must be >= {HARD_MIN_PERSONS} for difficulty 'hard' (a chain of three and one more), got {self.persons}")
         if self.difficulty == "hard" and self.frames < HARD_MIN_FRAMES:
             raise ValueError(f"frames must be >= {HARD_MIN_FRAMES} for difficulty 'hard' (room for the chain of raised arms to move), got {self.frames}")
+        if self.difficulty in WORLDS and self.persons < WORLD_MIN_PERSONS:
+            raise ValueError(f"persons must be >= {WORLD_MIN_PERSONS} for difficulty {self.difficulty!r} (the target and two others to tell it from), got {self.persons}")
 
 
 @dataclass(frozen=True)
@@ -208,7 +250,8 @@ class _Cast(NamedTuple):
     clothes: np.ndarray  # (P, 3, 3) uint8: shirt, trousers and sleeve colours
     skin: np.ndarray  # (P, 3) uint8
     hair: np.ndarray  # (P, 3) uint8
-    onset: np.ndarray | None = None  # (P,) hard setting only: the frame each person raises its arm, -1 never
+    onset: np.ndarray | None = None  # (P,) all but the default: the frame each person raises its arm, -1 never
+    badge: np.ndarray | None = None  # (P,) bool, "pixel" only: wears the badge
 
 
 class _Motion(NamedTuple):
@@ -227,15 +270,15 @@ def generate_clip(index: int, config: DemoDataConfig) -> dict[str, np.ndarray]:
     """Clip ``index`` as the arrays of one MSG_VIP ``.npz`` (see DESIGN.md section 2)."""
     rng = np.random.default_rng([config.seed, index])
     t, n, height, width = config.frames, config.persons, config.height, config.width
-    if config.difficulty == "hard":
-        live = t  # no padding: everyone is there from the first to the last frame
-        cast = _cast_hard(rng, n, t)
-        motion = _move_hard(rng, cast, t, height, width)
-    else:
+    if config.difficulty == "default":
         padded = int(rng.integers(1, max(1, t // 8) + 1)) if rng.random() < P_PADDED_TAIL else 0
         live = t - padded  # frames [live, T) are padding
         cast = _cast(rng, n, t, live)
         motion = _move(rng, cast, t, height, width)
+    else:
+        live = t  # no padding: a padded tail would be one more thing that is not the setting's cue
+        cast = _cast_alike(rng, n, t, config.difficulty)
+        motion = _move_alike(rng, cast, t, height, width, config.difficulty)
     background = _background(rng, height, width)
 
     frames = np.zeros((t, height, width, 3), np.uint8)
@@ -340,9 +383,7 @@ def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int
             continue
         role = rng.random()
         if role < P_OTHER_APPROACHES:
-            # stop beside the target, on the side it came from (never backing away), at its depth
-            gap = min(0.5 * (width0[p] + width0[target]) * rng.uniform(1.0, 1.8), abs(x0[p] - x0[target]))
-            goal[p] = x0[target] + np.sign(x0[p] - x0[target]) * gap, foot0[target] + rng.uniform(-0.06, 0.06) * height
+            goal[p] = _beside(rng, x0[p], width0[p], x0[target], foot0[target], width0[target], height)
             speed[p] = rng.uniform(0.5, 1.3) * width / 160
             looks_at_target[p] = True
         elif role < P_OTHER_APPROACHES + P_OTHER_WANDERS:
@@ -373,6 +414,16 @@ def _move(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int
     return _Motion(x=x, foot=foot, h=h, crouch=crouch, arm=arm, stride=stride, facing=facing)
 
 
+def _beside(
+    rng: np.random.Generator, x: np.ndarray, size: np.ndarray, at_x: float, at_foot: float, at_size: float, height: int
+) -> np.ndarray:
+    """Where people now at ``x`` (torso widths ``size``) stop beside a person of width ``at_size``
+    standing at (``at_x``, ``at_foot``): on the side they come from (never backing away), a little
+    apart, at about its depth.  -> (..., 2) x and foot row, for ``x`` of any shape."""
+    gap = np.minimum(0.5 * (size + at_size) * rng.uniform(1.0, 1.8, np.shape(x)), np.abs(x - at_x))
+    return np.stack([at_x + np.sign(x - at_x) * gap, at_foot + rng.uniform(-0.06, 0.06, np.shape(x)) * height], -1)
+
+
 def _depth_rows(height: int) -> tuple[float, float]:
     """Foot rows of the nearest and of the farthest people."""
     return 0.96 * height, 0.60 * height
@@ -385,16 +436,31 @@ def _stature(foot: np.ndarray, body: np.ndarray, height: int) -> np.ndarray:
     return height * (0.30 + 0.34 * (foot - far) / (near - far)) * body
 
 
-def _walk(rng: np.random.Generator, start: np.ndarray, goal: np.ndarray, speed: np.ndarray, depart: np.ndarray, t: int):
+def _walk(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    goal: np.ndarray,
+    speed: np.ndarray,
+    depart: np.ndarray,
+    t: int,
+    follow: tuple[int, np.ndarray] | None = None,
+):
     """Walk each person in a straight line from ``start`` to ``goal`` (P, 2) at ``speed`` (P,)
     pixels a frame from frame ``depart`` (P,) on, plus a little sway.  -> x, foot, walked (T, P)
-    each: walked is the distance covered so far (the legs swing with it)."""
+    each: walked is the distance covered so far (the legs swing with it).
+
+    ``follow`` = (leader, chasers (P,) bool): the chasers' goals move with the leader, which walks
+    to a fixed goal itself (each frame they head for their goal plus the way it has come)."""
     people = len(start)
     pos = np.empty((t, people, 2))
     pos[0] = start
     walked = np.zeros((t, people))
     for f in range(1, t):
-        delta = goal - pos[f - 1]
+        aim = goal
+        if follow is not None:
+            leader, chasers = follow
+            aim = np.where(chasers[:, None], goal + pos[f - 1, leader] - start[leader], goal)
+        delta = aim - pos[f - 1]
         dist = np.linalg.norm(delta, axis=1)
         step = np.where(f >= depart, np.minimum(speed, dist), 0.0)
         pos[f] = pos[f - 1] + delta * (step / np.maximum(dist, 1e-9))[:, None]
@@ -406,30 +472,54 @@ def _walk(rng: np.random.Generator, start: np.ndarray, goal: np.ndarray, speed: 
 
 
 # --------------------------------------------------------------------------------------------
-# The hard setting: everyone alike, one arm raise each; only who raises it when, relative to the
-# others, singles out the target.
+# Everyone alike: the hard setting and the cue worlds draw every person, the target included, by
+# one law, but for the setting's own cue.
 
 
-def _cast_hard(rng: np.random.Generator, n: int, t: int) -> _Cast:
-    """Like :func:`_cast`, but everyone is present throughout, faces the camera equally often and
-    raises an arm at the frame :func:`_hard_onsets` gives it (if any)."""
-    people = int(rng.integers(HARD_MIN_PERSONS, n + 1))
+def _cast_alike(rng: np.random.Generator, n: int, t: int, difficulty: str) -> _Cast:
+    """Like :func:`_cast`, but everyone faces the camera equally often, is present throughout (save
+    in "presence", see :func:`_presence`) and keeps its arms down (save in "hard", where it raises
+    one at the frame :func:`_hard_onsets` gives it, if any). "appearance" dresses the bystanders
+    alike and "pixel" pins a badge on the target."""
+    people = int(rng.integers(HARD_MIN_PERSONS if difficulty == "hard" else WORLD_MIN_PERSONS, n + 1))
     target = int(rng.integers(people))
     slots = rng.choice(n, people, replace=False)
     ids = rng.choice(np.arange(1, 1000), people, replace=False).astype(np.int32)
-    onset = _hard_onsets(rng, people, target, t)
+    onset = _hard_onsets(rng, people, target, t) if difficulty == "hard" else np.full(people, -1)
+    present = _presence(rng, people, target, t) if difficulty == "presence" else np.ones((t, people), bool)
+    frontal = rng.random(people) < P_HARD_FRONTAL
+    clothes = CLOTHES[rng.integers(len(CLOTHES), size=(people, 3))]
+    if difficulty == "appearance":
+        # One shirt colour (sleeves included) for all bystanders, another for the target, both drawn
+        # per clip so that no colour means "target"; trousers stay each one's own.
+        uniform, odd = rng.choice(len(CLOTHES), 2, replace=False)
+        clothes[:, [0, 2]] = CLOTHES[uniform]
+        clothes[target, [0, 2]] = CLOTHES[odd]
     return _Cast(
         slots=slots,
         ids=ids,
         target=target,
-        present=np.ones((t, people), bool),
+        present=present,
         gestures=onset >= 0,
-        frontal=rng.random(people) < P_HARD_FRONTAL,
-        clothes=CLOTHES[rng.integers(len(CLOTHES), size=(people, 3))],
+        frontal=frontal,
+        clothes=clothes,
         skin=SKIN[rng.integers(len(SKIN), size=people)],
         hair=HAIR[rng.integers(len(HAIR), size=people)],
         onset=onset,
+        badge=np.arange(people) == target if difficulty == "pixel" else None,
     )
+
+
+def _presence(rng: np.random.Generator, people: int, target: int, t: int) -> np.ndarray:
+    """Who is present when in "presence": the target from the first frame to the last, everyone else
+    arriving late or leaving early (a coin toss each), there for a quarter of the frames up to all
+    but one.  -> (T, P) bool."""
+    length = rng.integers(max(1, t // 4), t, people)
+    late = rng.random(people) < 0.5
+    start = np.where(late, t - length, 0)
+    start[target], length[target] = 0, t
+    frame = np.arange(t)[:, None]
+    return (frame >= start) & (frame < start + length)
 
 
 def _hard_onsets(rng: np.random.Generator, people: int, target: int, t: int) -> np.ndarray:
@@ -458,20 +548,37 @@ def _hard_onsets(rng: np.random.Generator, people: int, target: int, t: int) -> 
     return onset
 
 
-def _move_hard(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int) -> _Motion:
-    """Place and walk everyone alike (nobody approaches or faces anybody in particular), and raise
-    each gesturer's arm straight up for HARD_GESTURE_FRAMES frames from its raise."""
-    people = len(cast.slots)
+def _move_alike(rng: np.random.Generator, cast: _Cast, t: int, height: int, width: int, difficulty: str) -> _Motion:
+    """Place and walk everyone by one law, whoever is the target (nobody faces anybody in
+    particular), and raise each gesturer's arm straight up for HARD_GESTURE_FRAMES frames from its
+    raise.
+
+    Two cue worlds bend where people go. In "group" the others stand around the target
+    (:func:`_around`) and nobody walks, which would break the group up. In "drift" everyone walks
+    as often (P_DRIFT_WALKS) and as fast, but only the target walks to a random spot: a bystander
+    walks to a spot beside the target, which moves along with it."""
+    people, target = len(cast.slots), cast.target
     near, far = _depth_rows(height)
     body = rng.uniform(0.85, 1.12, people)
     foot0 = rng.uniform(far, near, people)
     x0 = rng.uniform(0.05, 0.95, people) * width
+    if difficulty == "group":
+        x0 = _around(rng, x0, target, width)
     start = np.stack([x0, foot0], 1)
-    wanders = rng.random(people) < P_HARD_WANDERS
+    wanders = rng.random(people) < {"drift": P_DRIFT_WALKS, "group": 0.0}.get(difficulty, P_HARD_WANDERS)
     goal = np.where(wanders[:, None], np.stack([rng.uniform(0.05, 0.95, people) * width, rng.uniform(far, near, people)], 1), start)
     speed = np.where(wanders, rng.uniform(0.4, 1.0, people) * width / 160, 0.0)
     depart = rng.integers(0, t // 3 + 1, people)
-    x, foot, walked = _walk(rng, start, goal, speed, depart, t)
+    follow = None
+    if difficulty == "drift":
+        # Chasing where the target is, not where it was: a walking target would otherwise leave
+        # its chasers behind, heading for an empty spot.
+        chasers = wanders & (np.arange(people) != target)
+        size = 2 * TORSO_HALF * _stature(foot0, body, height)
+        goal[chasers] = _beside(rng, x0[chasers], size[chasers], x0[target], foot0[target], size[target], height)
+        goal[:, 1] = np.clip(goal[:, 1], far, near)
+        follow = target, chasers
+    x, foot, walked = _walk(rng, start, goal, speed, depart, t, follow)
     h = _stature(foot, body, height)
 
     frame = np.arange(t)[:, None]
@@ -487,6 +594,23 @@ def _move_hard(rng: np.random.Generator, cast: _Cast, t: int, height: int, width
         stride=STRIDE * np.sin(walked / (0.15 * h)),
         facing=np.broadcast_to(np.where(cast.frontal, 0.0, heading), (t, people)),
     )
+
+
+def _around(rng: np.random.Generator, x: np.ndarray, target: int, width: int) -> np.ndarray:
+    """Foot x of everyone in "group": the target where ``x`` has it, the others around it, as many
+    on its left as on its right (one more on a random side), past a clearing (GROUP_CLEARING) and
+    up to a per-clip spread (GROUP_SPREAD) further. Positions past the frame's edge are mirrored
+    back in: as each offset is as likely to either side and the target's x is uniform, every x alone
+    is still uniform like everyone's; but near an edge the target ends up beside its group rather
+    than in its middle."""
+    others = np.flatnonzero(np.arange(len(x)) != target)
+    side = rng.permutation(np.resize([-1.0, 1.0], len(others))) * rng.choice((-1.0, 1.0))
+    offset = side * (GROUP_CLEARING / len(x) + rng.uniform(*GROUP_SPREAD) * rng.uniform(0.0, 1.0, len(others))) * width
+    lo, span = 0.05 * width, 0.9 * width  # the range start positions are drawn from
+    folded = (x[target] + offset - lo) % (2 * span)
+    placed = x.copy()
+    placed[others] = lo + np.where(folded > span, 2 * span - folded, folded)
+    return placed
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -533,6 +657,11 @@ def _draw_person(image: np.ndarray, cast: _Cast, motion: _Motion, f: int, p: int
 
     for x1, y1, x2, y2, colour in rects:
         _fill_rect(image, x1, y1, x2, y2, colour)
+    if cast.badge is not None and cast.badge[p]:
+        # on the chest, clear of both arms; whole pixels, so that it never rounds away to nothing
+        side = max(1, round(BADGE_SIZE * h))
+        bx, by = math.floor(x - 0.5 * TORSO_HALF * h), math.floor(shoulder + 0.12 * v)
+        _fill_rect(image, bx, by, bx + side, by + side, BADGE)
     _fill_capsule(image, arm_x, arm_y, hand_x, hand_y, arm_r, sleeve)
     _draw_head(image, x, head_y, head_r, cast.skin[p], cast.hair[p], motion.facing[f, p])
 
