@@ -144,7 +144,7 @@ def test_best_epoch_follows_the_trainers_rule(sweep, tmp_path):
     (run / "metrics.csv").write_text("epoch,val_loss,val_rank@1,val_mrr\n1,0.9,0.5,0.7\n2,0.8,0.58,0.75\n3,0.7,0.55,0.8\n")
     (row,) = list_runs(run)
     assert (row.name, row.epochs_run, row.best_epoch) == (".", 3, 1)
-    assert row.metrics == {"val_loss": 0.9, "val_rank@1": 0.5, "val_mrr": 0.7, **{k: v for k, v in row.metrics.items() if k.startswith("test_")}}
+    assert row.metrics == {"val_loss": 0.9, "val_rank@1": 0.5, "val_mrr": 0.7, **{k: v for k, v in row.metrics.items() if k.startswith(("test_", "probe_"))}}
     assert row.options["train.min_delta"] == 0.1
 
     # a tie on val Rank@1 goes to the lower val loss: epoch 3, not epoch 2 (nor epoch 4, whose loss is higher)

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from .config import ConfigError, ExtractConfig, check_device, read_config_file
 from .data.sources import SourceError
+from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError
 from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
 from .store import cache as cache_mod
@@ -196,8 +197,9 @@ def main(debug: bool) -> None:
 @click.option("--height", default=96, show_default=True, help="Frame height in pixels.")
 @click.option("--width", default=160, show_default=True, help="Frame width in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same bytes.")
-@click.option("--difficulty", type=click.Choice(["default", "hard"]), default="default", show_default=True,
-              help="'hard': nobody stands out alone; the target is the one whose raised arm two others follow in turn (needs --frames >= 24, --persons >= 4).")
+@click.option("--difficulty", type=click.Choice(DIFFICULTIES), default="default", show_default=True,
+              help="The world's cue (see msgvip.data.synthetic): default (all cues), hard (a chain of raised arms: only relations in time tell; "
+                   "--frames >= 24, --persons >= 4), or one cue alone: presence, drift, group, appearance, pixel.")
 @user_errors
 def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, width: int, seed: int, difficulty: str) -> None:
     """Write synthetic MSG_VIP clips to OUT/{train,val,test}/*.npz."""
@@ -214,8 +216,8 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"))
-@click.option("--difficulty", type=click.Choice(["default", "hard"]), default="default", show_default=True,
-              help="Difficulty of the demo clips (see `msgvip demo-data --help`).")
+@click.option("--difficulty", type=click.Choice(DIFFICULTIES), default="default", show_default=True,
+              help="The world of the demo clips (see `msgvip demo-data --help`).")
 @user_errors
 def demo(out: Path, difficulty: str) -> None:
     """Run the whole chain on synthetic clips under OUT: demo data, extraction, training,
@@ -378,9 +380,10 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out: its checkpoints, metrics and predictions are removed first.")
 @dataset_option
 @click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
+@click.option("--no-probe", "no_probe", is_flag=True, help="Do not fit the probe suite on the train split as the run's baseline.")
 @user_errors
 def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, logger, labels,
-          resume, overwrite, dataset, allow_duplicates, **model_fields) -> None:  # fmt: skip
+          resume, overwrite, dataset, allow_duplicates, no_probe, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
     from .pipelines.train import store_for_training
@@ -392,7 +395,8 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
         raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; pass one")
     if store_ref is not None:
         _refuse_extraction_flags(model_fields)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger,
+                 "probe": False if no_probe else None}  # fmt: skip
     train_config, model_config = _train_configs(config_file, overrides, preset)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
@@ -414,7 +418,10 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
     if summary.val:
         click.echo(f"best epoch {summary.best_epoch} of {summary.epochs_run}{' (stopped early)' if summary.stopped_early else ''}, "
                    f"{summary.seconds_per_epoch:.1f} s/epoch, {100 * summary.data_wait_fraction:.1f}% waiting for data")
+        click.echo(f"\nval split (the split the best epoch was chosen on), {summary.val['model']['n']} labeled clips:")
         _print_metrics_table(summary.val)
+        if summary.below_probe:
+            click.echo(summary.below_probe)
     click.echo(f"run: {summary.run_dir}  ({summary.seconds:.0f} s)")
 
 
@@ -444,6 +451,8 @@ def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: 
     _print_unmatched(result["unmatched_labels"], labels)
     click.echo(f"{result['clips']} clips of split '{split}' of dataset '{result['dataset']}' in store {result['fingerprint'][:12]}")
     _print_metrics_table(result)
+    if result.get("below_probe"):
+        click.echo(result["below_probe"])
 
 
 @main.command()
@@ -595,20 +604,27 @@ def runs_ls(root: Path, sort_by: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--probe", "against_probe", is_flag=True, help="Compare RUN_A's model (B) with its own probe baseline (A) instead of with RUN_B.")
 @click.option("--split", default="test", show_default=True, help="Split of the dataset both runs are scored on.")
 @cache_dir_option
 @click.option("--dataset", help="Dataset snapshot to score both runs on [default: the one each run was trained on].")
 @json_option
 @user_errors
-def compare(run_a: Path, run_b: Path, split: str, cache_dir: str | None, storage_options: dict, dataset: str | None, as_json: bool) -> None:
-    """Score two runs on the same clips and say whether B differs from A by more than those clips
-    can tell: a paired bootstrap (10,000 resamples) of B - A for Rank@1 and MRR."""
-    from .pipelines.runs import compare_runs, comparison_summary_str, comparison_table
+def compare(run_a: Path, run_b: Path | None, against_probe: bool, split: str, cache_dir: str | None, storage_options: dict, dataset: str | None, as_json: bool) -> None:
+    """Score two runs (or a run and its probe, --probe) on the same clips and say whether B differs
+    from A by more than those clips can tell: a paired bootstrap (10,000 resamples) of B - A for
+    Rank@1 and MRR."""
+    from .pipelines.runs import compare_runs, compare_with_probe, comparison_summary_str, comparison_table
     from .pipelines.train import store_of_run
 
-    store_a, store_b = store_of_run(run_a, cache_dir, storage_options), store_of_run(run_b, cache_dir, storage_options)
-    result = compare_runs(run_a, run_b, store_a, split, dataset=dataset, store_b=store_b)
+    if (run_b is None) != against_probe:
+        raise click.UsageError("give two runs (RUN_A RUN_B), or one run and --probe")
+    store_a = store_of_run(run_a, cache_dir, storage_options)
+    if against_probe:
+        result = compare_with_probe(run_a, store_a, split, dataset=dataset)
+    else:
+        result = compare_runs(run_a, run_b, store_a, split, dataset=dataset, store_b=store_of_run(run_b, cache_dir, storage_options))
     if as_json:
         print_json(result)
         return
@@ -643,11 +659,13 @@ def _with_interval(metrics: dict, key: str) -> str:
 
 
 def _print_metrics_table(result: dict) -> None:
-    names = [n for n in ("model", "largest_box", "most_central") if n in result]
+    names = [n for n in ("model", "probe", "largest_box", "most_central") if n in result]
     columns = (("rank@1", True), ("rank@2", False), ("rank@3", False), ("mrr", True), ("map_trapezoid", False))
     rows = [[n, result[n]["n"], *(_with_interval(result[n], k) if wide else f"{result[n][k]:.3f}" for k, wide in columns)] for n in names]
     print_table(["", "CLIPS", "RANK@1 [95% CI]", "RANK@2", "RANK@3", "MRR [95% CI]", "mAP (trapezoid)"], rows)
     click.echo("mAP (trapezoid): 1 at rank 1, else 1/(2r), as the important-people papers report it; the one-relevant-item AP (1/r) equals MRR")
+    if "probe" in result:
+        click.echo(f"probe: {result['probe']['about']}, fitted on the train split and chosen on val Rank@1 ({result['probe']['val_rank@1']:.3f}), as `msgvip probe` fits it")
     model = result["model"]
     for title, key in (("persons", "by_persons"), ("scene", "by_scene")):
         parts = [f"{k}: {v['rank@1']:.3f} (n={v['n']})" for k, v in model.get(key, {}).items() if v["n"]]

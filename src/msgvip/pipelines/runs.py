@@ -33,11 +33,11 @@ import numpy as np
 from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
-from ..ranker.trainer import TrainConfig, _scored_split, improves, run_config
+from ..ranker.trainer import PROBE_FILE, TrainConfig, _scored_split, best_epoch, read_metrics, run_config, run_probe
 from ..store.feature_store import FeatureStore
 
 __all__ = [
-    "EVALUATE_FILE", "RunRow", "SeedGroup", "compare_runs", "comparison_summary_str", "comparison_table",
+    "EVALUATE_FILE", "RunRow", "SeedGroup", "compare_runs", "compare_with_probe", "comparison_summary_str", "comparison_table",
     "group_by_seed", "groups_table", "interval_str", "list_runs", "metric_str", "runs_json", "runs_table", "shared_options",
     "shared_options_str", "sort_runs",
 ]  # fmt: skip
@@ -54,11 +54,11 @@ MAX_DEPTH = 2
 # Options that do not change what a run learns (or, for seed, are what a group averages over),
 # so they never set runs apart. max_frames is raised by `train` to the longest clip of the data,
 # not chosen by the user.
-IGNORED_TRAIN = frozenset({"seed", "device", "in_memory", "eval_batch_size"})
+IGNORED_TRAIN = frozenset({"seed", "device", "in_memory", "eval_batch_size", "logger", "probe"})
 IGNORED_MODEL = frozenset({"max_frames"})
 
-#: Metric columns of the tables, in order.
-TABLE_METRICS = ("val_rank@1", "val_mrr", "test_rank@1", "test_mrr")
+#: Metric columns of the tables, in order; ``probe_*`` are the run's own probe baseline.
+TABLE_METRICS = ("val_rank@1", "probe_val_rank@1", "val_mrr", "test_rank@1", "probe_test_rank@1", "test_mrr")
 
 
 def metric_str(value: float | None) -> str:
@@ -186,6 +186,9 @@ def _read_run(name: str, folder: Path) -> RunRow:
     except (TypeError, ValueError, AttributeError) as err:  # keys of the wrong type: written by hand or by something else
         return RunRow(name=name, path=str(folder), problem=f"{folder / 'config.json'}: not an msgvip run config ({type(err).__name__}: {err})")
     epochs, best_epoch, val, val_problem = _best_val(folder, min_delta)
+    probe = config.get("probe") if isinstance(config.get("probe"), dict) else {}
+    if isinstance(probe.get("val"), dict) and isinstance(probe["val"].get("rank@1"), (int, float)):
+        val["probe_val_rank@1"] = float(probe["val"]["rank@1"])
     test, intervals, test_clips, test_problem = _test_metrics(folder)
     return RunRow(
         name=name, path=str(folder), preset=preset, options=options, seed=train.get("seed"),
@@ -220,13 +223,8 @@ def _best_val(folder: Path, min_delta: float) -> tuple[int, int | None, dict[str
     if not path.exists():
         return 0, None, {}, f"{path}: missing (no epoch finished)"
     try:
-        with open(path, newline="") as f:
-            history = list(csv.DictReader(f))
-        best_row, best, best_loss = None, -1.0, math.inf
-        for row in history:
-            value, loss = float(row["val_rank@1"]), float(row.get("val_loss") or math.inf)
-            if improves(value, loss, best, best_loss, min_delta):
-                best_row, best, best_loss = row, value, loss
+        history = read_metrics(folder)
+        best_row = best_epoch(history, min_delta)
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
         return 0, None, {}, f"{path}: unreadable ({type(err).__name__}: {err}); the run directory is damaged"
     if best_row is None:
@@ -243,8 +241,10 @@ def _test_metrics(folder: Path) -> tuple[dict[str, float], dict[str, list[float]
     try:
         record = json.loads(path.read_text())
         model = record["model"]
-        metrics = {f"test_{k}": float(v) for k, v in model.items() if k in HEADLINE_METRICS and v is not None}  # null: no labeled clip
-        intervals = {f"test_{k}": [float(lo), float(hi)] for k, (lo, hi) in (model.get("intervals") or {}).items() if lo is not None and hi is not None}
+        metrics, intervals = {}, {}
+        for prefix, scored in (("test_", model), ("probe_test_", record.get("probe") or {})):
+            metrics.update({f"{prefix}{k}": float(v) for k, v in scored.items() if k in HEADLINE_METRICS and v is not None})  # null: no labeled clip
+            intervals.update({f"{prefix}{k}": [float(lo), float(hi)] for k, (lo, hi) in (scored.get("intervals") or {}).items() if lo is not None and hi is not None})
         return metrics, intervals, int(record.get("clips", model["n"])), None
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         return {}, {}, None, f"{path}: unreadable ({type(err).__name__}: {err}); rerun `msgvip evaluate {folder}`"
@@ -362,14 +362,35 @@ def compare_runs(
         key = data_a.entries[relabeled[0]].key
         raise ConfigError(f"{run_a} and {run_b}: the labels of {relabeled.size} clips of split {split!r} differ (e.g. {key}: target {targets_a[relabeled[0]]} vs {targets_b[relabeled[0]]}); compare on one labeled dataset")
     valid_a, valid_b = data_a.valid_slots().numpy(), data_b.valid_slots().numpy()[order]
-    scores_b = scores_b[order]
-    ranks_a, ranks_b = rank_of_target(scores_a, targets_a, valid_a), rank_of_target(scores_b, targets_b, valid_b)  # (C,) each
     return {
         "run_a": str(run_a), "run_b": str(run_b), "split": split, "dataset": data_a.snapshot.name, "clips": len(data_a),
         "fingerprint_a": store.fingerprint, "fingerprint_b": store_b.fingerprint,
-        "a": ranking_metrics(scores_a, targets_a, valid_a), "b": ranking_metrics(scores_b, targets_b, valid_b),
-        "paired": paired_bootstrap(ranks_a, ranks_b, resamples, seed),
+        **_paired(scores_a, scores_b[order], targets_a, valid_a, valid_b, resamples, seed),
     }  # fmt: skip
+
+
+def compare_with_probe(run: Path, store: FeatureStore, split: str = "test", dataset: str | None = None, device: str = "cpu",
+                       resamples: int = 10000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """A run's model (B) against its own probe baseline (A) on the same clips of one split: the
+    record of :func:`compare_runs`, with ``run_a`` naming the probe. Raises ConfigError for a run
+    without a probe (trained with --no-probe, or before runs fitted one)."""
+    probe = run_probe(run)
+    if probe is None:
+        raise ConfigError(f"{run}: has no probe baseline ({PROBE_FILE}); it was trained with --no-probe or by an older msgvip: retrain it to compare")
+    data, scores = _scored_split(Path(run), store, split, None, device, dataset or run_config(run).get("dataset"))
+    valid = data.valid_slots().numpy()
+    return {
+        "run_a": f"probe of {run} ({probe.about})", "run_b": str(run), "split": split, "dataset": data.snapshot.name, "clips": len(data),
+        "fingerprint_a": store.fingerprint, "fingerprint_b": store.fingerprint,
+        **_paired(probe.scores(data), scores, data.targets.numpy(), valid, valid, resamples, seed),
+    }  # fmt: skip
+
+
+def _paired(scores_a, scores_b, targets, valid_a, valid_b, resamples: int, seed: int) -> dict[str, Any]:
+    """``a`` and ``b`` metrics of two scorings of the same clips (C, N), and their paired bootstrap."""
+    ranks_a, ranks_b = rank_of_target(scores_a, targets, valid_a), rank_of_target(scores_b, targets, valid_b)  # (C,) each
+    return {"a": ranking_metrics(scores_a, targets, valid_a), "b": ranking_metrics(scores_b, targets, valid_b),
+            "paired": paired_bootstrap(ranks_a, ranks_b, resamples, seed)}  # fmt: skip
 
 
 def _same_clips(run_a: Path, run_b: Path, split: str, entries_a: Sequence, entries_b: Sequence) -> np.ndarray:

@@ -70,6 +70,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from ..config import ConfigError, check_device
 from ..ranker.dataset import LabelError, StoreDataset
 from ..ranker.presets import DEFAULT_PRESET, preset_named
+from ..ranker.probe import FittedProbe, fit_probe
 from ..ranker.trainer import TrainConfig, build_config, train
 from ..store.feature_store import FeatureStore, StoreError
 from ..store.storage import StorageError, open_storage
@@ -521,6 +522,7 @@ class _Objective:
 
     def __init__(self, job: _Job, store: FeatureStore, splits: tuple[StoreDataset, StoreDataset], channel: _LocalChannel | _PipeChannel):
         self.job, self.store, self.splits, self.channel = job, store, splits, channel
+        self.probe = _probe_of(splits) if job.space.base_train.probe else None  # once: every trial of this worker sets its model beside it
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.channel.started(trial.number)
@@ -537,7 +539,7 @@ class _Objective:
             trial.set_user_attr("run_dirs", run_dirs)  # before training, so a pruned trial names its run too
             on_epoch = self._reporter(trial) if k == 0 else None
             summary = train(self.store, Path(run_dirs[-1]), replace(train_config, seed=seed), model_config, dataset=self.job.dataset,
-                            splits=self.splits, on_epoch=on_epoch, progress=False)  # fmt: skip
+                            splits=self.splits, on_epoch=on_epoch, progress=False, probe=self.probe)  # fmt: skip
             rank1.append(summary.val["model"]["rank@1"])
             mrr.append(summary.val["model"]["mrr"])
         trial.set_user_attr("seed_rank@1", rank1)
@@ -552,6 +554,14 @@ class _Objective:
                 raise optuna.TrialPruned()
 
         return on_epoch
+
+
+def _probe_of(splits: tuple[StoreDataset, StoreDataset]) -> FittedProbe | None:
+    """The probe baseline of the worker's splits; None where no probe fits them (each trial then says why)."""
+    try:
+        return fit_probe(*splits)
+    except ConfigError:
+        return None
 
 
 def _work(job: _Job, worker: int, store: FeatureStore, channel: _LocalChannel | _PipeChannel) -> WorkerReport:

@@ -40,11 +40,14 @@ Example, on the geometry of the store `msgvip demo` builds::
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -60,7 +63,7 @@ from ..store.feature_store import FeatureStore
 from .dataset import LabelOverrides, StoreDataset
 from .metrics import ranking_metrics
 
-__all__ = ["PROBE_SPLITS", "ProbeReport", "ProbeRow", "format_probe_table", "probe_store"]
+__all__ = ["PROBE_SPLITS", "FittedProbe", "ProbeReport", "ProbeRow", "fit_probe", "format_probe_table", "probe_store"]
 
 PROBE_SPLITS = ("train", "val", "test")
 ALL_FAMILIES = "all"
@@ -259,8 +262,9 @@ def _headline(metrics: dict) -> dict[str, float]:
     return {"n": metrics["n"], **{k: metrics[k] for k in METRIC_KEYS}}
 
 
-def _fit_and_select(name, param, grid, make, x: dict[str, np.ndarray], splits: dict[str, _Split], features: str) -> ProbeRow:
-    """Fit one scorer per grid value on train persons; keep the best val Rank@1 (then MRR)."""
+def _fit_and_select(name, param, grid, make, x: dict[str, np.ndarray], splits: dict[str, _Split]) -> tuple[float, dict[str, float], object]:
+    """Fit one scorer per grid value on train persons; keep the best val Rank@1 (then MRR):
+    (value, its val metrics, the fitted pipeline)."""
     train = splits["train"]
     fit_x, fit_y = x["train"][train.labeled], train.is_target[train.labeled]
     best = None
@@ -274,12 +278,155 @@ def _fit_and_select(name, param, grid, make, x: dict[str, np.ndarray], splits: d
             model.fit(fit_x, fit_y)
         val = splits["val"].metrics(_score(model, x["val"]))
         if best is None or (val["rank@1"], val["mrr"]) > (best[1]["rank@1"], best[1]["mrr"]):
-            best = (value, val, model)
-    value, val, model = best
-    return ProbeRow(features, name, param, float(value), x["train"].shape[1], val, splits["test"].metrics(_score(model, x["test"])))
+            best = (float(value), val, model)
+    return best
+
+
+def _feature_sets(families: Sequence[str], persons: _Persons) -> list[tuple[str, np.ndarray]]:
+    """(name, column indices) of each family alone and, with several, of all of them together."""
+    sets = [(f, persons.blocks[f]) for f in families]
+    if len(families) > 1:
+        sets.append((ALL_FAMILIES, np.arange(persons.columns.shape[1])))
+    return sets
+
+
+def _geometry_columns(store: FeatureStore) -> list[str] | None:
+    """The stored geometry columns when they include those the geometry-only statistics need."""
+    columns = store.config.get("features", {}).get("geometry", {}).get("features")
+    return columns if columns is not None and {*CENTRE, *VELOCITY, AREA} <= set(columns) else None
+
+
+def _sweep_suite(families: Sequence[str], persons: dict[str, _Persons], splits: dict[str, _Split], say: Callable = lambda *a: None):
+    """Every scorer of :data:`SCORERS` on every feature set, each with its val-chosen value:
+    (feature set, columns, scorer, param, value, val metrics, fitted pipeline) per fit.
+
+    One BLAS thread: these are small dense problems, where extra threads cost more in sync than
+    they gain, and on a busy machine spinning ones made a matrix-vector product 20x slower. (The
+    limit reaches only libraries loaded already: scikit-learn is imported at the top for that.)
+    """
+    fits = []
+    with threadpool_limits(1):
+        for features, columns in _feature_sets(families, persons["train"]):
+            x = {s: p.columns[:, columns] for s, p in persons.items()}
+            for name, (param, grid, make) in SCORERS.items():
+                value, val, model = _fit_and_select(name, param, grid, make, x, splits)
+                fits.append((features, columns, name, param, value, val, model))
+                say(f"probe: {features} {name} {param}={value:g}: val Rank@1 {val['rank@1']:.3f}")
+    return fits
 
 
 # ------------------------------------------------------------------------------------------ probe
+@dataclass(frozen=True)
+class FittedProbe:
+    """The probe a run is measured against: the scorer and feature set of the suite with the best
+    val Rank@1 (then MRR; a tie keeps the earlier, simpler one), fitted on the train split.
+
+    It scores any split of any dataset holding ``families`` (:meth:`scores`) and is saved as plain
+    arrays (:meth:`save`, loaded without pickle). A linear scorer keeps its standardisation and
+    weights; k-NN keeps its standardised training persons (it has no other fit).
+    """
+
+    features: str  # a family or "all"
+    scorer: str
+    param: str
+    value: float
+    families: tuple[str, ...]  # the families its person rows are built from, in this order
+    geometry_columns: tuple[str, ...] | None
+    columns: np.ndarray  # (F',) indices into the person rows
+    mean: np.ndarray  # (F',) standardisation
+    scale: np.ndarray  # (F',)
+    weights: np.ndarray  # (F',) and bias: linear scorers; empty for k-NN
+    bias: float
+    neighbours: np.ndarray  # (P, F') standardised training persons (k-NN); (0, F') otherwise
+    is_target: np.ndarray  # (P,) bool, k-NN only
+    val: dict  # its val metrics (n, rank@1, rank@2, rank@3, mrr)
+    seconds: float = 0.0  # the whole suite's fit
+
+    @property
+    def about(self) -> str:
+        """E.g. ``logreg C=0.1 on geometry``."""
+        return f"{self.scorer} {self.param}={self.value:g} on {self.features}"
+
+    def record(self) -> dict:
+        """What a run records of its probe (config.json)."""
+        return {"features": self.features, "scorer": self.scorer, "param": self.param, "value": self.value, "families": list(self.families),
+                "columns": int(len(self.columns)), "val": self.val, "seconds": self.seconds}  # fmt: skip
+
+    def person_scores(self, x: np.ndarray) -> np.ndarray:
+        """(P,) scores of person rows (P, F) built from ``families``."""
+        z = (x[:, self.columns] - self.mean) / self.scale  # (P, F')
+        if self.scorer != "knn":
+            return z @ self.weights + self.bias
+        with threadpool_limits(1):
+            knn = KNeighborsClassifier(n_neighbors=int(self.value), weights="distance").fit(self.neighbours, self.is_target)
+            return knn.predict_proba(z)[:, 1]  # classes_ is (False, True): training persons hold both
+
+    def scores(self, data: StoreDataset) -> np.ndarray:
+        """(C, N) scores of the clips of ``data``, -inf at slots no person fills."""
+        if list(data.families) != list(self.families):
+            data = data.with_families(self.families)
+        persons = _person_rows(data, self.geometry_columns)
+        scores = np.full((len(data), data.persons), -np.inf, dtype=np.float32)
+        scores[persons.clip, persons.slot] = self.person_scores(persons.columns)
+        return scores
+
+    def save(self, path: Path) -> None:
+        arrays = {k: getattr(self, k) for k in ("columns", "mean", "scale", "weights", "neighbours", "is_target")}
+        meta = {**self.record(), "geometry_columns": self.geometry_columns, "bias": self.bias}
+        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> FittedProbe:
+        """A saved probe; a damaged file is a ConfigError naming it."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                meta = json.loads(str(saved["meta"]))
+                arrays = {k: saved[k] for k in ("columns", "mean", "scale", "weights", "neighbours", "is_target")}
+            geometry = meta["geometry_columns"]
+            return cls(meta["features"], meta["scorer"], meta["param"], float(meta["value"]), tuple(meta["families"]),
+                       None if geometry is None else tuple(geometry), bias=float(meta["bias"]), val=meta["val"], seconds=float(meta["seconds"]), **arrays)  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+            raise ConfigError(f"{path}: unreadable probe ({type(err).__name__}: {err}); retrain the run, or delete the file to go without it") from None
+
+
+def _fitted(fit, families, geometry_columns, train_x: np.ndarray, train_y: np.ndarray, seconds: float) -> FittedProbe:
+    """A FittedProbe from one fit of :func:`_sweep_suite`; ``train_x`` (P, F) and ``train_y`` (P,)
+    are the labeled training persons it was fitted on (all columns)."""
+    features, columns, name, param, value, val, model = fit
+    scaler, scorer = model[0], model[-1]
+    mean, scale = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
+    if name == "knn":  # its fit is its training persons
+        weights, bias = np.zeros(0), 0.0
+        neighbours, is_target = (train_x[:, columns] - mean) / scale, train_y.astype(bool)
+    else:
+        weights, bias = scorer.coef_[0].astype(np.float64), float(scorer.intercept_[0])
+        neighbours, is_target = np.zeros((0, len(columns))), np.zeros(0, bool)
+    geometry = None if geometry_columns is None else tuple(geometry_columns)
+    return FittedProbe(features, name, param, value, tuple(families), geometry, np.asarray(columns, np.int64), mean, scale, weights, bias,
+                       neighbours, is_target, val, seconds)  # fmt: skip
+
+
+def fit_probe(train: StoreDataset, val: StoreDataset) -> FittedProbe:
+    """The suite of ``msgvip probe`` on the families of ``train``, fitted on its persons and chosen
+    on ``val``: the probe a model trained on the same splits must beat. Raises ConfigError when a
+    split has no persons, a target slot holds no person, or no train clip has two persons."""
+    start = time.perf_counter()
+    geometry_columns = _geometry_columns(train.store)
+    persons = {"train": _person_rows(train, geometry_columns), "val": _person_rows(val, geometry_columns)}
+    splits = {"train": _Split(train, persons["train"]), "val": _Split(val, persons["val"])}
+    if splits["train"].is_target[splits["train"].labeled].all():
+        raise ConfigError(f"{train.store.location}: dataset {train.snapshot.name!r}: the train split needs a labeled clip with two or more persons for a probe")
+    best = None
+    for fit in _sweep_suite(train.families, persons, splits):
+        if best is None or (fit[5]["rank@1"], fit[5]["mrr"]) > (best[5]["rank@1"], best[5]["mrr"]):
+            best = fit
+    labeled = splits["train"].labeled
+    probe = _fitted(best, train.families, geometry_columns, persons["train"].columns[labeled], splits["train"].is_target[labeled], 0.0)
+    # its val metrics as it scores (not as the pipeline it came from did), so every later score of it agrees
+    val_metrics = splits["val"].metrics(probe.person_scores(persons["val"].columns))
+    return replace(probe, val=val_metrics, seconds=time.perf_counter() - start)
+
+
 def probe_store(
     store: FeatureStore,
     dataset: str | None = None,
@@ -307,9 +454,7 @@ def probe_store(
             f"has {snapshot.splits()} (labeled: {labeled})"
         )
     chosen = data["train"].families
-    geometry_columns = store.config.get("features", {}).get("geometry", {}).get("features")
-    if geometry_columns is not None and not {*CENTRE, *VELOCITY, AREA} <= set(geometry_columns):
-        geometry_columns = None  # a geometry family without the columns its extra statistics need
+    geometry_columns = _geometry_columns(store)
     persons = {s: _person_rows(d, geometry_columns) for s, d in data.items()}
     splits = {s: _Split(data[s], persons[s]) for s in PROBE_SPLITS}
     train = splits["train"]
@@ -317,19 +462,10 @@ def probe_store(
         raise ConfigError(f"{store.location}: dataset {snapshot.name!r}: the train split needs a labeled clip with two or more persons")
     say(f"probe: {persons['train'].columns.shape[0]} train persons, {len(data['val'])} val and {len(data['test'])} test clips")
 
-    feature_sets = [(f, persons["train"].blocks[f]) for f in chosen]
-    if len(chosen) > 1:
-        feature_sets.append((ALL_FAMILIES, np.arange(persons["train"].columns.shape[1])))
-    rows = []
-    # One BLAS thread: these are small dense problems, where extra threads cost more in sync than
-    # they gain, and on a busy machine spinning ones made a matrix-vector product 20x slower. (The
-    # limit reaches only libraries loaded already: scikit-learn is imported at the top for that.)
-    with threadpool_limits(1):
-        for features, columns in feature_sets:
-            x = {s: p.columns[:, columns] for s, p in persons.items()}
-            for name, (param, grid, make) in SCORERS.items():
-                rows.append(_fit_and_select(name, param, grid, make, x, splits, features))
-                say(f"probe: {features} {name} {rows[-1].param_str}: val Rank@1 {rows[-1].val['rank@1']:.3f}")
+    rows = [
+        ProbeRow(features, name, param, value, len(columns), val, splits["test"].metrics(_score(model, persons["test"].columns[:, columns])))
+        for features, columns, name, param, value, val, model in _sweep_suite(chosen, persons, splits, say)
+    ]
     baselines = {s: baseline_metrics(data[s]) for s in ("val", "test")} if "geometry" in chosen else {"test": {}}
     for name in baselines["test"]:
         rows.append(ProbeRow("geometry", name, None, None, 0, _headline(baselines["val"][name]), _headline(baselines["test"][name])))

@@ -17,7 +17,8 @@ import os
 import pickle
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -33,9 +34,11 @@ from .layer_mix import layer_counts
 from .losses import ranking_loss_terms
 from .metrics import largest_box_scores, most_central_scores, ranking_metrics
 from .model import RankerConfig
+from .probe import FittedProbe, fit_probe
 from .presets import DEFAULT_PRESET, Preset, build_model, preset_named, preset_of
 
 CHECKPOINT_VERSION = 1
+PROBE_FILE = "probe.npz"  # the run's fitted probe (FittedProbe.save)
 LOGGERS = ("csv", "tensorboard")  # TrainConfig.logger
 
 
@@ -60,6 +63,12 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     logger: str = "csv"  # metrics.csv is always written; "tensorboard" also writes RUN/tb/ event files
+    # Fit the probe suite (`msgvip probe`) on the train split, chosen on val, as the run's baseline
+    # (RUN/probe.npz): every table of the run sets the model beside it. Seconds on a demo store.
+    probe: bool = True
+    # Intra-op CPU threads while training; 0: torch's own count (one per core). Float sums split
+    # over another number of threads round differently, so config.json records the count used.
+    threads: int = 0
 
 
 def build_config(cls, values: Mapping, source: str):
@@ -158,6 +167,20 @@ def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
     return {"model": ranking_metrics(scores, target, valid, scenes=[e.scene for e in data.entries]), **baseline_metrics(data)}
 
 
+def probe_metrics(probe: FittedProbe, data: StoreDataset) -> dict:
+    """Metrics of a run's probe on ``data``, with what it is and its val Rank@1."""
+    scores = probe.scores(data)
+    return {**ranking_metrics(scores, data.targets.numpy(), data.valid_slots().numpy()), "about": probe.about, "val_rank@1": probe.val["rank@1"]}
+
+
+def below_probe_note(model_val_rank1: float, probe_val: dict) -> str | None:
+    """One plain line when the model's best val Rank@1 is below its probe's, else None."""
+    if not probe_val or not model_val_rank1 < probe_val["rank@1"]:
+        return None
+    return (f"NOTE: the model's best val Rank@1 ({model_val_rank1:.3f}) is below its probe's ({probe_val['rank@1']:.3f}, {probe_val['about']}): "
+            "on this data a linear scorer of time-pooled per-person statistics does better; `msgvip probe` shows the suite")  # fmt: skip
+
+
 def write_predictions(path: Path, scores: np.ndarray, data: StoreDataset, split_name: str | None = None) -> None:
     """One row per valid person: clip, slot, score, rank (1 = most important), target."""
     valid = np.isfinite(scores)
@@ -203,6 +226,7 @@ class TrainSummary:
     seconds: float
     rank: int = 0  # the process's DDP rank; only rank 0 reports
     unmatched_labels: list[str] = field(default_factory=list)  # --labels keys that name no clip
+    below_probe: str | None = None  # the line saying the model's best val Rank@1 is below its probe's
 
 
 def improves(rank1: float, loss: float, best_rank1: float, best_loss: float, min_delta: float) -> bool:
@@ -214,6 +238,23 @@ def improves(rank1: float, loss: float, best_rank1: float, best_loss: float, min
     (demo store, 3 seeds, test Rank@1: 0.952 mean with the loss, 0.933 with the first of a tie).
     """
     return rank1 > best_rank1 + min_delta or (rank1 == best_rank1 and loss < best_loss)
+
+
+def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0) -> Mapping | None:
+    """The row of ``history`` (metrics.csv rows, numbers or their text) that the trainer kept as
+    best.pt, by :func:`improves`; None when there is none."""
+    best_row, best, best_loss = None, -1.0, math.inf
+    for row in history:
+        value, loss = float(row["val_rank@1"]), float(row.get("val_loss") or math.inf)
+        if improves(value, loss, best, best_loss, min_delta):
+            best_row, best, best_loss = row, value, loss
+    return best_row
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv, as text."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _lr_lambda(total_steps: int, warmup_fraction: float):
@@ -268,6 +309,51 @@ def _check_same_model(run_dir: Path, recorded: dict, preset: Preset, options: di
         raise ConfigError(f"{run_dir}: was trained with other model options ({changes}); resume with the options in its config.json, or train a new run")
 
 
+@contextmanager
+def reproducible(threads: int = 0) -> Iterator[None]:
+    """Deterministic kernels and a fixed thread count for the duration, restored after.
+
+    On a CPU, the backward of indexing (``x[index]``) accumulates with ``index_put_(accumulate=
+    True)``, whose parallel kernel adds rows in whatever order the threads reach them: on a busy
+    machine two runs of one command parted in the 7th digit within an epoch. The deterministic
+    kernel sorts the indices first; it cost nothing measurable in a demo-sized epoch (2.6 s both).
+    ``warn_only``: an op with no deterministic kernel (some on CUDA) warns instead of stopping the run.
+    """
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        torch.set_num_threads(was_threads)
+
+
+def _run_probe(run_dir: Path, train_data: StoreDataset, val_data: StoreDataset, resume: bool, progress: bool) -> tuple[FittedProbe | None, str | None]:
+    """(probe, why there is none): on a resume the probe the run saved, else one fitted now. A
+    split no probe can be fitted on (no train clip with two persons, ...) is said, and the run
+    trains without one."""
+    if resume and (run_dir / PROBE_FILE).exists():
+        return FittedProbe.load(run_dir / PROBE_FILE), None
+    try:
+        probe = fit_probe(train_data, val_data)
+    except ConfigError as err:
+        if progress:
+            print(f"no probe baseline: {err}", flush=True)
+        return None, str(err)
+    if progress:
+        print(f"probe baseline: {probe.about}, val Rank@1 {probe.val['rank@1']:.3f} ({probe.seconds:.1f} s)", flush=True)
+    return probe, None
+
+
+def run_probe(run_dir: Path) -> FittedProbe | None:
+    """The probe a run fitted as its baseline, or None (trained with --no-probe, or before probes)."""
+    path = Path(run_dir) / PROBE_FILE
+    return FittedProbe.load(path) if path.exists() else None
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -292,6 +378,7 @@ def train(
     allow_duplicates: bool = False,
     splits: tuple[StoreDataset, StoreDataset] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    probe: FittedProbe | None = None,
 ) -> TrainSummary:
     """Train on the train split of a dataset snapshot of the store (``dataset``, default its only
     one), select on its val split; see the module docstring. ``model_config`` is the config of a
@@ -302,7 +389,8 @@ def train(
     (used to test that a resumed run matches an uninterrupted one). ``splits`` hands in the
     (train, val) datasets already read, so several runs in one process read the store once (a
     sweep); ``on_epoch(row)`` sees each epoch's metrics row after it is saved, and may raise to
-    stop the run (a pruned trial).
+    stop the run (a pruned trial). ``probe`` is the probe of those splits, fitted already (a
+    sweep's worker fits it once); else it is fitted here unless ``train_config.probe`` is off.
     """
     from tqdm import tqdm
 
@@ -314,7 +402,7 @@ def train(
     cfg = train_config
     if cfg.logger not in LOGGERS:
         raise ConfigError(f"train.logger must be one of {list(LOGGERS)}, got {cfg.logger!r}")
-    with store.lease():
+    with store.lease(), reproducible(cfg.threads):
         store.touch()
         snapshot = store.resolve_dataset(dataset)
         leaks = snapshot.leaks()
@@ -358,8 +446,15 @@ def train(
             "train": asdict(cfg), "model_preset": preset.name, "model": model_config.to_dict(), "families": train_data.families,
             "feature_dims": train_data.feature_dims, "feature_layers": feature_layers, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
-            "unmatched_labels": unmatched,
+            "unmatched_labels": unmatched, "runtime": {"threads": torch.get_num_threads(), "torch": str(torch.__version__), "deterministic": True},
         }  # fmt: skip
+        probe_error = None
+        if not (cfg.probe and runtime.is_main):
+            probe = None
+        elif probe is None:
+            probe, probe_error = _run_probe(run_dir, train_data, val_data, resume, progress)
+        if probe is not None or probe_error is not None:
+            config_record["probe"] = probe.record() if probe is not None else {"error": probe_error}
         history: list[dict] = []
         graph_history: list[dict] = []  # per-epoch diagnostics of models that keep them (rgt), records/graph_stats.csv
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
@@ -380,7 +475,11 @@ def train(
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True) + "\n")
+            if probe is not None:
+                probe.save(run_dir / PROBE_FILE)
         baselines = baseline_metrics(val_data)  # once: they do not change between epochs
+        if probe is not None:
+            baselines = {"probe": probe_metrics(probe, val_data), **baselines}
 
         tensorboard = None
         if cfg.logger == "tensorboard" and runtime.is_main:
@@ -442,6 +541,8 @@ def train(
                 "val_rank@1": val["rank@1"], "val_rank@3": val["rank@3"], "val_mrr": val["mrr"], "val_map_trapezoid": val["map_trapezoid"],
                 "lr": scheduler.get_last_lr()[0], "seconds": seconds, "data_wait_fraction": runtime.mean(wait / seconds),
             }  # fmt: skip
+            if probe is not None:
+                row["probe_val_rank@1"] = probe.val["rank@1"]  # the same every epoch: the line the curves are read against
             history.append(row)
             improved = improves(val["rank@1"], val_loss, best["rank@1"], best.get("loss", math.inf), cfg.min_delta)
             best = {"epoch": epoch + 1, "rank@1": val["rank@1"], "since": 0, "loss": val_loss} if improved else {**best, "since": best["since"] + 1}
@@ -483,6 +584,7 @@ def train(
         stopped_early=stopped_early, val=best_val, seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
         data_wait_fraction=float(np.mean([h["data_wait_fraction"] for h in history])) if history else 0.0,
         seconds=time.perf_counter() - start, rank=runtime.rank, unmatched_labels=config_record["unmatched_labels"],
+        below_probe=below_probe_note(best_val["model"]["rank@1"], best_val.get("probe")) if best_val else None,
     )  # fmt: skip
 
 
@@ -511,6 +613,8 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_rank.plot(epochs, [h["train_rank@1"] for h in history], label="train")
     ax_rank.plot(epochs, [h["val_rank@1"] for h in history], label="val")
+    if "probe_val_rank@1" in history[0]:
+        ax_rank.axhline(history[0]["probe_val_rank@1"], color="grey", linestyle="--", label="probe (val)")
     ax_rank.set(xlabel="epoch", ylabel="Rank@1", title="Rank@1", ylim=(0, 1))
     for ax in (ax_loss, ax_rank):
         ax.legend()
@@ -562,8 +666,14 @@ def evaluate_run(
     (default: the dataset the run was trained on)."""
     dataset = dataset or run_config(run_dir).get("dataset")
     data, scores = _scored_split(run_dir, store, split, labels, device, dataset)
-    return {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
-            "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scores, data)}  # fmt: skip
+    result = {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
+              "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scores, data)}  # fmt: skip
+    probe = run_probe(run_dir)
+    if probe is not None:
+        result["probe"] = probe_metrics(probe, data)
+        best = best_epoch(read_metrics(run_dir), run_config(run_dir)["train"].get("min_delta", 0.0))
+        result["below_probe"] = below_probe_note(float(best["val_rank@1"]), {**probe.val, "about": probe.about}) if best else None
+    return result
 
 
 def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu", dataset: str | None = None) -> int:

@@ -38,12 +38,12 @@ SECTIONS = {  # id -> heading, in page order
     "gallery": "Worst mistakes",
     "config": "Run config",
 }
-METHODS = {"model": "model", "largest_box": "largest box", "most_central": "most central"}
+METHODS = {"model": "model", "probe": "probe", "largest_box": "largest box", "most_central": "most central"}
 COLUMNS = {  # metric key -> column heading; "map" is the older name of map_trapezoid
     "rank@1": "Rank@1", "rank@2": "Rank@2", "rank@3": "Rank@3", "mrr": "MRR",
     "map_trapezoid": "mAP (trapezoid)", "map_standard": "mAP (standard)",
 }  # fmt: skip
-METHOD_COLOURS = {"model": "#2c7fb8", "largest_box": "#9e9e9e", "most_central": "#e6a117"}
+METHOD_COLOURS = {"model": "#2c7fb8", "probe": "#5aae61", "largest_box": "#9e9e9e", "most_central": "#e6a117"}
 GALLERY_CLIPS = 8
 MISSING = "\u2014"
 
@@ -177,6 +177,11 @@ def _metrics_section(result: dict) -> str:
     methods = [m for m in METHODS if m in result]
     rows = [[METHODS[m], str(result[m].get("n", MISSING)), *(_metric(result[m], k) for k in COLUMNS)] for m in methods]
     notes = []
+    if result.get("below_probe"):
+        notes.append(f"<b>{_esc(result['below_probe'])}</b>")
+    if "probe" in result:
+        notes.append(f"probe: {_esc(result['probe'].get('about'))}, the run's baseline: the probe suite of <code>msgvip probe</code> fitted on the "
+                     f"train split and chosen on val Rank@1 ({_num(result['probe'].get('val_rank@1'))}).")  # fmt: skip
     boot = result.get("model", {}).get("bootstrap")
     if boot:
         notes.append(
@@ -352,7 +357,7 @@ def _curve_panels(columns: Sequence[str]) -> list[tuple[str, list[str]]]:
             continue
         if "loss" in column:
             title = "loss"
-        elif column.startswith(("train_rank@", "val_rank@")):
+        elif column.startswith(("train_rank@", "val_rank@", "probe_val_rank@")):
             title = "Rank@k"
         elif column.startswith(("train_", "val_")):
             title = "MRR and mAP"
