@@ -15,9 +15,10 @@ on test, the model's test Rank@1 per seed and their mean, and model minus probe 
 bar: the mean is never below the probe, and is at least 0.2 above it on the worlds whose cue
 needs relations or time (``REQUIRED_MARGIN``).
 
-    .venv/bin/python benchmarks/bench_defaults.py [--worlds NAME ...] [--seeds 0 1 2] [--keep DIR] [--json]
+    .venv/bin/python benchmarks/bench_defaults.py [--worlds NAME ...] [--seeds 0 1 2] [--set SECTION.KEY=VALUE ...] [--keep DIR] [--json]
 
-``--worlds`` picks rows of ``WORLDS`` (default: all); ``--list`` prints them.
+``--worlds`` picks rows of ``WORLDS`` (default: all); ``--list`` prints them. ``--set`` hands
+settings to every ``train`` (``msgvip train --set``), to measure a candidate against the defaults.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _cli(*args: str) -> str:
     return result.output
 
 
-def measure(world: World, seeds: list[int], root: Path, say) -> dict:
+def measure(world: World, seeds: list[int], settings: list[str], root: Path, say) -> dict:
     start = time.perf_counter()
     store = build_store(world, root)
     built = time.perf_counter() - start
@@ -107,7 +108,7 @@ def measure(world: World, seeds: list[int], root: Path, say) -> dict:
     for seed in seeds:
         run = root / f"run-seed{seed}"
         tick = time.perf_counter()
-        _cli("train", "--store", str(store.path), "--out", str(run), "--seed", str(seed))
+        _cli("train", "--store", str(store.path), "--out", str(run), "--seed", str(seed), *(a for s in settings for a in ("--set", s)))
         model, _ = load_run(run)
         ranks = rank_of_target(score_dataset(model, test, Runtime(torch.device("cpu")), 32, amp=False), target, valid)
         hits.append((ranks == 1)[labeled].astype(float))
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, help="build everything under this directory and keep it [default: a temporary one]")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the lines")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a setting for every train (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the worlds and exit")
     args = parser.parse_args()
     if args.list:
@@ -156,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         for world in (w for w in WORLDS if w.name in args.worlds):
-            results.append(measure(world, args.seeds, base / world.name, say))
+            results.append(measure(world, args.seeds, args.settings, base / world.name, say))
     if args.json:
         print(json.dumps(json_ready(results), indent=2, allow_nan=False))
         return

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .config import ConfigError, ExtractConfig, check_device, read_config_file
+from .config import CONFIG_SECTIONS, ConfigError, ExtractConfig, check_device, parse_settings, read_config_file
 from .data.sources import SourceError
 from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError
@@ -304,14 +304,20 @@ def _print_leaks(leaks: dict[str, list[list[str]]]) -> None:
         click.echo(f"LEAK {pair}: {len(keys)} clips with the same content in both splits: {shown}", err=True)
 
 
-def _train_configs(config_file: Path | None, overrides: dict, preset_name: str | None = None) -> tuple:
+def _train_configs(config_file: Path | None, overrides: dict, preset_name: str | None = None, settings: Sequence[str] = ()) -> tuple:
     """(train config, model config): the model preset's training defaults, under the config
-    file's [train] section, under the flags; [model] holds ``preset`` and that preset's options."""
+    file's [train] section, under ``--set`` and the flags; [model] holds ``preset`` and that
+    preset's options. A key given both by a flag and by ``--set`` is refused."""
     from .ranker import TrainConfig, build_config
     from .ranker.presets import DEFAULT_PRESET, preset_named
 
     sections = read_config_file(config_file) if config_file else {}
-    source = str(config_file) if config_file else "command line"
+    given = parse_settings(settings)
+    both = sorted(k for k, v in overrides.items() if v is not None and k in given.get("train", {}))
+    if both:
+        raise ConfigError(f"--set train.{both[0]} and its flag --{both[0].replace('_', '-')}: give one")
+    sections = {name: {**sections.get(name, {}), **given.get(name, {})} for name in CONFIG_SECTIONS}
+    source = (f"{config_file} with --set" if settings else str(config_file)) if config_file else ("--set" if settings else "command line")
     model_values = dict(sections.get("model", {}))
     preset_name = preset_name or model_values.pop("preset", DEFAULT_PRESET)
     model_values.pop("preset", None)
@@ -381,9 +387,11 @@ def _default_run_dir(fingerprint: str) -> Path:
 @dataset_option
 @click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
 @click.option("--no-probe", "no_probe", is_flag=True, help="Do not fit the probe suite on the train split as the run's baseline.")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="One model or train setting, typed and checked like the config file, e.g. --set model.hidden=32 --set train.lr=2e-3 (repeatable; over --config).")
 @user_errors
 def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, logger, labels,
-          resume, overwrite, dataset, allow_duplicates, no_probe, **model_fields) -> None:  # fmt: skip
+          resume, overwrite, dataset, allow_duplicates, no_probe, settings, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
     from .pipelines.train import store_for_training
@@ -397,7 +405,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
         _refuse_extraction_flags(model_fields)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger,
                  "probe": False if no_probe else None}  # fmt: skip
-    train_config, model_config = _train_configs(config_file, overrides, preset)
+    train_config, model_config = _train_configs(config_file, overrides, preset, settings)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
     earlier = _earlier_run(run_dir, overwrite) if run_dir is not None and not resume else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,6 +121,32 @@ def read_config_file(path: str | os.PathLike) -> dict[str, dict]:
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
     return record
+
+
+def parse_settings(pairs: Sequence[str], source: str = "--set") -> dict[str, dict]:
+    """``["model.hidden=32", "train.lr=2e-3"]`` -> ``{"model": {"hidden": 32}, "train": {"lr": 0.002}}``.
+
+    A value is read as a TOML value where it is one (``32``, ``2e-3``, ``true``, ``[-1, -4]``,
+    ``"text"``), else taken as text (``model.input_norm=layer``). A pair without ``=``, a key
+    outside ``model.``/``train.`` or a key given twice is a ConfigError naming it; the keys within
+    a section are checked by whoever builds the config, as for a config file.
+    """
+    sections: dict[str, dict] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"{source} {pair!r}: write SECTION.KEY=VALUE, e.g. model.hidden=32 or train.lr=2e-3")
+        if section not in CONFIG_SECTIONS:
+            raise ConfigError(f"{source} {pair!r}: unknown section {section!r}; use {list(CONFIG_SECTIONS)}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        if name in sections.setdefault(section, {}):
+            raise ConfigError(f"{source} {key}: given twice; give it once")
+        sections[section][name] = value
+    return sections
 
 
 def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
