@@ -122,3 +122,44 @@ def test_a_damaged_probe_file_is_a_one_line_error(store, starved_run, tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="unreadable probe"):
         FittedProbe.load(path)
+
+
+def test_cross_fitted_scores_of_a_clip_come_from_probes_fitted_without_it(store, starved_run):
+    run, _ = starved_run
+    probe = FittedProbe.load(run / "probe.npz")
+    train = StoreDataset(store, "train", ["geometry"], "yes")
+    clip = int(np.flatnonzero(train.valid_slots().numpy().sum(1) >= 3)[0])
+    entry, others = train.entries[clip], np.flatnonzero(train.valid_slots().numpy()[clip])
+    moved = int(others[others != int(train.targets[clip])][0])
+    relabeled = StoreDataset(store, "train", ["geometry"], "yes", labels={entry.key: {"target": moved}})
+    before, after = probe.cross_fitted(train), probe.cross_fitted(relabeled)
+    np.testing.assert_array_equal(before[clip], after[clip])  # its own label never reached the fit that scores it
+    assert not np.array_equal(before, after)  # ... but the fits that learned from it moved
+    valid = train.valid_slots().numpy()
+    assert np.all(before[~valid] == 0) and before.dtype == np.float32
+
+
+def test_a_probe_prior_model_starts_as_its_probe_and_is_scored_with_it(store, tmp_path):
+    run = tmp_path / "prior"
+    result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(run), "--epochs", "1", "--lr", "1e-9", "--set", "model.probe_prior=true"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(CliRunner().invoke(main, ["evaluate", str(run), "--json"]).stdout)
+    # zero-initialised score layers and a learning rate too small to move them: the model is its probe
+    assert record["model"]["rank@1"] == record["probe"]["rank@1"] and record["model"]["mrr"] == pytest.approx(record["probe"]["mrr"])
+    refused = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(tmp_path / "no"), "--epochs", "1",
+                                        "--set", "model.probe_prior=true", "--no-probe"])  # fmt: skip
+    assert refused.exit_code == 1 and "model.probe_prior adds the run's probe scores" in refused.output
+
+
+def test_a_probe_prior_model_needs_its_prior():
+    import torch
+
+    from msgvip.ranker.model import ImportanceRanker, RankerConfig
+
+    model = ImportanceRanker(RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, probe_prior=True), {"geometry": 18}).eval()
+    mask = torch.ones(2, 3, 4, dtype=torch.bool)
+    features = {"geometry": torch.randn(2, 3, 4, 18)}
+    prior = torch.randn(2, 4)
+    torch.testing.assert_close(model(features, mask, prior=prior), prior)  # untrained: the probe's ranking, exactly
+    with pytest.raises(ValueError, match="pass prior"):
+        model(features, mask)

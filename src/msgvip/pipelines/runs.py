@@ -33,7 +33,7 @@ import numpy as np
 from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
-from ..ranker.trainer import PROBE_FILE, TrainConfig, _scored_split, best_epoch, read_metrics, run_config, run_probe
+from ..ranker.trainer import PROBE_FILE, TrainConfig, scored_split, best_epoch, read_metrics, run_config, run_probe
 from ..store.feature_store import FeatureStore
 
 __all__ = [
@@ -353,8 +353,8 @@ def compare_runs(
         ConfigError: the runs are scored on different clips, or their labels differ.
     """
     store_b = store_b or store
-    data_a, scores_a = _scored_split(Path(run_a), store, split, None, device, dataset or run_config(run_a).get("dataset"))
-    data_b, scores_b = _scored_split(Path(run_b), store_b, split, None, device, dataset or run_config(run_b).get("dataset"))
+    data_a, scores_a = scored_split(Path(run_a), store, split, None, device, dataset or run_config(run_a).get("dataset"))
+    data_b, scores_b = scored_split(Path(run_b), store_b, split, None, device, dataset or run_config(run_b).get("dataset"))
     order = _same_clips(run_a, run_b, split, data_a.entries, data_b.entries)  # b's index of each of a's clips
     targets_a, targets_b = data_a.targets.numpy(), data_b.targets.numpy()[order]
     relabeled = np.flatnonzero(targets_a != targets_b)
@@ -377,7 +377,7 @@ def compare_with_probe(run: Path, store: FeatureStore, split: str = "test", data
     probe = run_probe(run)
     if probe is None:
         raise ConfigError(f"{run}: has no probe baseline ({PROBE_FILE}); it was trained with --no-probe or by an older msgvip: retrain it to compare")
-    data, scores = _scored_split(Path(run), store, split, None, device, dataset or run_config(run).get("dataset"))
+    data, scores = scored_split(Path(run), store, split, None, device, dataset or run_config(run).get("dataset"))
     valid = data.valid_slots().numpy()
     return {
         "run_a": f"probe of {run} ({probe.about})", "run_b": str(run), "split": split, "dataset": data.snapshot.name, "clips": len(data),

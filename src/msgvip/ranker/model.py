@@ -109,6 +109,12 @@ class RankerConfig:
     # The skip path also learns on its own (cross-entropy of its score alone, this weight), so it
     # stays a fitted probe even once the deep path has memorised the training clips.
     skip_loss_weight: float = 1.0
+    # The run's probe baseline (the scorer `msgvip probe` picks on val) scores each person, and
+    # that score, times a learned gain that starts at 1, is added to the logit: the model starts
+    # as the probe and learns what the probe misses. On the train split the scores are
+    # cross-fitted (each clip scored by a probe fitted without it), so they are as right there as
+    # on clips the probe never saw, and the model cannot learn to trust them more than they deserve.
+    probe_prior: bool = False
     # In training, each family of each clip is left out of the fusion with this probability (never
     # all of one clip's): a noisy family cannot carry the fit alone (sum fusion only).
     family_dropout: float = 0.0
@@ -676,8 +682,18 @@ class ImportanceRanker(nn.Module):
         self.skip = nn.Linear(4 * raw_dims + 3, 1) if config.linear_skip else None
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)  # starts as the plain model; the data decides how much to lean on it
+        self.prior_gain = nn.Parameter(torch.ones(())) if config.probe_prior else None
+        if self.prior_gain is not None:  # the score layers start at 0, so the untrained model ranks exactly as the probe
+            for last in (self.self_head[-1], *([self.relation.score[-1]] if self.relation is not None else [])):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
-    def forward(self, features: dict[str, Tensor], person_mask: Tensor) -> Tensor:
+    @property
+    def accepts_prior(self) -> bool:
+        """Whether forward takes (and needs) ``prior``: the probe's scores (B, N)."""
+        return self.prior_gain is not None
+
+    def forward(self, features: dict[str, Tensor], person_mask: Tensor, prior: Tensor | None = None) -> Tensor:
         if person_mask.dim() != 3:
             raise ValueError(f"person_mask must be (B, T, N), got shape {tuple(person_mask.shape)}")
         B, T, N = person_mask.shape
@@ -689,6 +705,8 @@ class ImportanceRanker(nn.Module):
         missing = [k for k in self.feature_dims if k not in features]
         if missing:
             raise KeyError(f"features lacks {missing}; the model was built for {list(self.feature_dims)}")
+        if self.accepts_prior and (prior is None or tuple(prior.shape) != (B, N)):
+            raise ValueError(f"this model adds its probe's scores to its own (probe_prior): pass prior (B, N) = {(B, N)}, got {None if prior is None else tuple(prior.shape)}")
         mask = person_mask.to(torch.bool)
         packed = all(features[name].dim() == 2 for name in self.feature_dims)
         V = int(mask.sum()) if packed else None
@@ -767,6 +785,8 @@ class ImportanceRanker(nn.Module):
             skip = self._linear_skip(raw, node_p, person_b, P, B, track)  # (P,)
             self._skip_logits = logits.masked_scatter(person_valid, skip.float()) if self.training else None
             score = score + skip
+        if self.prior_gain is not None:
+            score = score + self.prior_gain * prior[person_valid].to(score.dtype)
         # persons are in (b, n) row-major order, the same order masked_scatter fills
         return logits.masked_scatter(person_valid, score.float())
 

@@ -341,6 +341,9 @@ class FittedProbe:
     is_target: np.ndarray  # (P,) bool, k-NN only
     val: dict  # its val metrics (n, rank@1, rank@2, rank@3, mrr)
     seconds: float = 0.0  # the whole suite's fit
+    # A model that adds the probe's scores to its own (RankerConfig.probe_prior) reads them divided
+    # by this, their spread over the training persons: one unit means the same for any scorer.
+    prior_scale: float = 1.0
 
     @property
     def about(self) -> str:
@@ -370,9 +373,44 @@ class FittedProbe:
         scores[persons.clip, persons.slot] = self.person_scores(persons.columns)
         return scores
 
+    def prior(self, data: StoreDataset) -> np.ndarray:
+        """(C, N) float32 scores of ``data`` in units of ``prior_scale``, 0 at empty slots: what a
+        model with ``probe_prior`` adds to its logits."""
+        scores = self.scores(data)
+        return np.where(np.isfinite(scores), scores / self.prior_scale, 0.0).astype(np.float32)
+
+    def cross_fitted(self, data: StoreDataset, folds: int = 5) -> np.ndarray:
+        """(C, N) scores of the clips of ``data`` (its train split) in the units of :meth:`prior`,
+        each clip scored by this scorer refitted on the other ``folds - 1`` folds of clips: the
+        probe's scores on clips it never saw, as on val and test. A model trained against the
+        probe's own fit on these clips would learn to trust scores that are right because they
+        were fitted there."""
+        if list(data.families) != list(self.families):
+            data = data.with_families(self.families)
+        persons = _person_rows(data, self.geometry_columns)
+        split = _Split(data, persons)
+        fold = np.random.default_rng(0).permutation(len(data)) % folds  # (C,) each clip's fold
+        person_fold = fold[persons.clip]  # (P,)
+        x = persons.columns[:, self.columns]
+        out = np.zeros(len(persons.columns))
+        _, _, make = SCORERS[self.scorer]
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for k in range(folds):
+                fit = (person_fold != k) & split.labeled
+                if not split.is_target[fit].any() or split.is_target[fit].all():
+                    out[person_fold == k] = self.person_scores(persons.columns[person_fold == k])  # too few clips to refit
+                    continue
+                model = make_pipeline(StandardScaler(), make(min(self.value, fit.sum()) if self.scorer == "knn" else self.value))
+                model.fit(x[fit], split.is_target[fit])
+                out[person_fold == k] = _score(model, x[person_fold == k])
+        prior = np.zeros((len(data), data.persons), np.float32)
+        prior[persons.clip, persons.slot] = out / self.prior_scale
+        return prior
+
     def save(self, path: Path) -> None:
         arrays = {k: getattr(self, k) for k in ("columns", "mean", "scale", "weights", "neighbours", "is_target")}
-        meta = {**self.record(), "geometry_columns": self.geometry_columns, "bias": self.bias}
+        meta = {**self.record(), "geometry_columns": self.geometry_columns, "bias": self.bias, "prior_scale": self.prior_scale}
         np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
@@ -384,7 +422,8 @@ class FittedProbe:
                 arrays = {k: saved[k] for k in ("columns", "mean", "scale", "weights", "neighbours", "is_target")}
             geometry = meta["geometry_columns"]
             return cls(meta["features"], meta["scorer"], meta["param"], float(meta["value"]), tuple(meta["families"]),
-                       None if geometry is None else tuple(geometry), bias=float(meta["bias"]), val=meta["val"], seconds=float(meta["seconds"]), **arrays)  # fmt: skip
+                       None if geometry is None else tuple(geometry), bias=float(meta["bias"]), val=meta["val"], seconds=float(meta["seconds"]),
+                       prior_scale=float(meta.get("prior_scale", 1.0)), **arrays)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
             raise ConfigError(f"{path}: unreadable probe ({type(err).__name__}: {err}); retrain the run, or delete the file to go without it") from None
 
@@ -424,7 +463,8 @@ def fit_probe(train: StoreDataset, val: StoreDataset) -> FittedProbe:
     probe = _fitted(best, train.families, geometry_columns, persons["train"].columns[labeled], splits["train"].is_target[labeled], 0.0)
     # its val metrics as it scores (not as the pipeline it came from did), so every later score of it agrees
     val_metrics = splits["val"].metrics(probe.person_scores(persons["val"].columns))
-    return replace(probe, val=val_metrics, seconds=time.perf_counter() - start)
+    spread = float(np.std(probe.person_scores(persons["train"].columns)))
+    return replace(probe, val=val_metrics, seconds=time.perf_counter() - start, prior_scale=spread if spread > 0 else 1.0)
 
 
 def probe_store(

@@ -129,14 +129,15 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------------------------- scoring
-def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, batch_size: int, amp: bool) -> np.ndarray:
-    """Scores (C, N) of every clip, in ``data.entries`` order, gathered across ranks."""
+def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, batch_size: int, amp: bool, prior: np.ndarray | None = None) -> np.ndarray:
+    """Scores (C, N) of every clip, in ``data.entries`` order, gathered across ranks. ``prior``
+    (C, N): the probe's scores, for a model that adds them (``probe_prior``)."""
     model.eval()
     scores = np.full((len(data), data.persons), -np.inf, dtype=np.float32)
     parts = []
     with torch.inference_mode(), _autocast(runtime, amp):
         for batch in data.batches(batch_size, rank=runtime.rank, world_size=runtime.world_size, packed=_packed(model)):
-            logits = model(*_inputs(batch.to(runtime.device)))
+            logits = model(*_inputs(batch.to(runtime.device)), **_prior_of(batch, prior, runtime.device))
             parts.append((batch.index.numpy(), logits.float().cpu().numpy()))
     for rank_parts in runtime.gather(parts):
         for index, logits in rank_parts:
@@ -200,6 +201,18 @@ def _inputs(batch: ClipBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     if batch.features and next(iter(batch.features.values())).dim() == 2:
         return batch.features, batch.person_mask  # packed rows: the model casts the valid rows only
     return {k: v.float() for k, v in batch.features.items()}, batch.person_mask
+
+
+def _prior_of(batch: ClipBatch, prior: np.ndarray | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """``{"prior": (B, N)}``, the split's prior rows of the batch's clips in its slot order, or {} without one."""
+    if prior is None:
+        return {}
+    rows = torch.from_numpy(prior[batch.index.numpy(), : batch.person_mask.shape[2]])  # (B, N) original slots
+    return {"prior": rows.gather(1, batch.slot_order).to(device)}
+
+
+def _wants_prior(model: torch.nn.Module) -> bool:
+    return getattr(model.module if hasattr(model, "module") else model, "accepts_prior", False)
 
 
 def _packed(model: torch.nn.Module) -> bool:
@@ -449,12 +462,17 @@ def train(
             "unmatched_labels": unmatched, "runtime": {"threads": torch.get_num_threads(), "torch": str(torch.__version__), "deterministic": True},
         }  # fmt: skip
         probe_error = None
-        if not (cfg.probe and runtime.is_main):
+        if not cfg.probe:
             probe = None
-        elif probe is None:
-            probe, probe_error = _run_probe(run_dir, train_data, val_data, resume, progress)
+        elif probe is None:  # on every rank (the fit is deterministic): a probe_prior model needs it everywhere
+            probe, probe_error = _run_probe(run_dir, train_data, val_data, resume, progress and runtime.is_main)
         if probe is not None or probe_error is not None:
             config_record["probe"] = probe.record() if probe is not None else {"error": probe_error}
+        if _wants_prior(model) and probe is None:
+            raise ConfigError(f"{store.location}: model.probe_prior adds the run's probe scores, but the run has no probe ("
+                              f"{probe_error or 'train.probe is off'}); train without model.probe_prior")  # fmt: skip
+        # the probe's scores of the train clips from probes fitted without them (see probe_prior)
+        train_prior, val_prior = (probe.cross_fitted(train_data), probe.prior(val_data)) if _wants_prior(model) else (None, None)
         history: list[dict] = []
         graph_history: list[dict] = []  # per-epoch diagnostics of models that keep them (rgt), records/graph_stats.csv
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
@@ -510,7 +528,7 @@ def train(
                 wait += time.perf_counter() - tick
                 with _autocast(runtime, cfg.amp):
                     features, mask = _inputs(batch)
-                    logits = model(features, mask).float()
+                    logits = model(features, mask, **_prior_of(batch, train_prior, runtime.device)).float()
                 valid = mask.any(1)
                 terms = loss_terms(logits, batch.target, valid, cfg)
                 optimizer.zero_grad(set_to_none=True)
@@ -528,7 +546,7 @@ def train(
             graph_stats = diagnostics() if diagnostics is not None else {}
             if graph_stats:
                 graph_history.append({"epoch": epoch + 1, **graph_stats})
-            scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp)
+            scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp, val_prior)
             valid_val = val_data.valid_slots()
             val = ranking_metrics(scores, val_data.targets.numpy(), valid_val.numpy())
             # the same ranking loss for every preset, so val losses of runs compare
@@ -574,7 +592,7 @@ def train(
             state = load_checkpoint(run_dir / "best.pt")
             (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
             best_val = {"model": state["val"], **baselines}
-            write_predictions(run_dir / "predictions.csv", score_dataset(model, val_data, Runtime(runtime.device), cfg.eval_batch_size, cfg.amp), val_data)
+            write_predictions(run_dir / "predictions.csv", score_dataset(model, val_data, Runtime(runtime.device), cfg.eval_batch_size, cfg.amp, val_prior), val_data)
             _plot_curves(run_dir, history)
     if runtime.world_size > 1:
         dist.barrier()
@@ -641,7 +659,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]
     return model.to(device).eval(), config
 
 
-def _scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: LabelOverrides | None, device: str, dataset: str | None):
+def scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: LabelOverrides | None, device: str, dataset: str | None):
     """(data, scores) of a run's best model on one split of a dataset of ``store``."""
     model, config = load_run(run_dir, device)
     with store.lease():
@@ -655,7 +673,13 @@ def _scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels:
                 f"{store.location}: dataset {data.snapshot.name!r} has clips of {data.frames} frames, the model of {run_dir} takes at most "
                 f"{max_frames}; subsample those clips' frames or train a model on data that includes them"
             )
-        scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False)
+        prior = None
+        if _wants_prior(model):
+            probe = run_probe(run_dir)
+            if probe is None:
+                raise ConfigError(f"{run_dir}: its model adds its probe's scores (probe_prior), but {PROBE_FILE} is missing; the run directory is damaged")
+            prior = probe.prior(data)
+        scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False, prior=prior)
     return data, scores
 
 
@@ -665,7 +689,7 @@ def evaluate_run(
     """Metrics of a run's best model and of the baselines on one split of a dataset of ``store``
     (default: the dataset the run was trained on)."""
     dataset = dataset or run_config(run_dir).get("dataset")
-    data, scores = _scored_split(run_dir, store, split, labels, device, dataset)
+    data, scores = scored_split(run_dir, store, split, labels, device, dataset)
     result = {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
               "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scores, data)}  # fmt: skip
     probe = run_probe(run_dir)
@@ -678,7 +702,7 @@ def evaluate_run(
 
 def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu", dataset: str | None = None) -> int:
     """Write a ranking CSV for the clips of a dataset of ``store`` (one split, or all); returns the clip count."""
-    data, scores = _scored_split(run_dir, store, split, None, device, dataset)
+    data, scores = scored_split(run_dir, store, split, None, device, dataset)
     write_predictions(Path(out), scores, data)
     return len(data)
 

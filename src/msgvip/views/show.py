@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..config import ConfigError
 from ..data.clip import ClipError, display_path, read_clip
 from ..ranker.metrics import rank_of_target
-from ..ranker.trainer import _scored_split, run_config
+from ..ranker.trainer import scored_split, run_config
 from ..store.feature_store import FeatureStore
 from ..store.records import SnapshotEntry
 
@@ -230,7 +230,7 @@ def clip_scores(run_dir: Path, store: FeatureStore, entries: Sequence[SnapshotEn
         if rows:
             found[entry.key] = ClipScores(entry, {s: v for s, (v, _) in rows.items()}, {s: r for s, (_, r) in rows.items()}, "predictions.csv")
     for split in sorted({e.split for e in entries if e.key not in found}):
-        data, scores = _scored_split(run_dir, store, split, None, "cpu", dataset)
+        data, scores = scored_split(run_dir, store, split, None, "cpu", dataset)
         found.update((v.entry.key, v) for v in scores_from_model(data.entries, scores, data.valid_slots().numpy()))
     return [found[e.key] for e in entries]
 
