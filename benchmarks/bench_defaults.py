@@ -31,16 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from click.testing import CliRunner
 
 from msgvip.cli import json_ready, main as msgvip
 from msgvip.config import ExtractConfig
 from msgvip.data.synthetic import DemoDataConfig, write_demo_data
 from msgvip.pipelines.extract import run_extract
-from msgvip.ranker import StoreDataset
 from msgvip.ranker.metrics import rank_of_target
-from msgvip.ranker.trainer import Runtime, load_run, run_probe, score_dataset
+from msgvip.ranker.trainer import run_probe, scored_split
 from msgvip.store.feature_store import FeatureStore
 
 ALL_FAMILIES = ("appearance", "face", "geometry", "pose")
@@ -100,18 +98,15 @@ def measure(world: World, seeds: list[int], settings: list[str], root: Path, say
     start = time.perf_counter()
     store = build_store(world, root)
     built = time.perf_counter() - start
-    test = StoreDataset(store, "test", list(world.families), "yes")
-    target, valid = test.targets.numpy(), test.valid_slots().numpy()
-    labeled = target >= 0
-    chance = float(np.mean(1.0 / valid.sum(1)))
     runs, hits, probe_hits = [], [], None
     for seed in seeds:
         run = root / f"run-seed{seed}"
         tick = time.perf_counter()
         _cli("train", "--store", str(store.path), "--out", str(run), "--seed", str(seed), *(a for s in settings for a in ("--set", s)))
-        model, _ = load_run(run)
-        ranks = rank_of_target(score_dataset(model, test, Runtime(torch.device("cpu")), 32, amp=False), target, valid)
-        hits.append((ranks == 1)[labeled].astype(float))
+        test, scores = scored_split(run, store, "test", None, "cpu", None)  # as `msgvip evaluate` scores it
+        target, valid = test.targets.numpy(), test.valid_slots().numpy()
+        labeled = target >= 0
+        hits.append((rank_of_target(scores, target, valid) == 1)[labeled].astype(float))
         probe = run_probe(run)
         probe_hits = (rank_of_target(probe.scores(test), target, valid) == 1)[labeled].astype(float)
         best = json.loads(_cli("runs", "ls", str(run), "--json"))["runs"][0]
@@ -121,6 +116,7 @@ def measure(world: World, seeds: list[int], settings: list[str], root: Path, say
     draws = np.random.default_rng(0).integers(0, len(diff), (RESAMPLES, len(diff)))
     interval = np.percentile(diff[draws].mean(1), [2.5, 97.5]).tolist()
     mean, probe_rank1 = float(np.mean([r["rank@1"] for r in runs])), float(probe_hits.mean())
+    chance = float(np.mean(1.0 / valid.sum(1)))
     result = {
         "world": world.name, "difficulty": world.difficulty, "clips": world.clips, "frames": world.frames, "persons": world.persons,
         "families": list(world.families), "test_clips": int(labeled.sum()), "chance": chance, "probe": runs[0]["probe"], "probe_rank@1": probe_rank1,

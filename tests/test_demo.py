@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-
 from msgvip.data.synthetic import DemoDataConfig
-from msgvip.pipelines.demo import DEMO_MODEL, DEMO_TRAIN, run_demo
+from msgvip.pipelines.demo import run_demo
 from msgvip.store import FeatureStore, store_info
 
 
 def test_model_from_a_store_beats_both_heuristics(tmp_path):
     data = DemoDataConfig(clips=140, frames=12, persons=6, seed=3, splits=(("train", 0.6), ("val", 0.25), ("test", 0.15)))
-    model = replace(DEMO_MODEL, hidden=32, temporal_layers=1)
-    result = run_demo(tmp_path / "demo", ("geometry",), data=data, model=model, training=replace(DEMO_TRAIN, epochs=10), progress=False)
+    small = ("model.hidden=32", "model.temporal_layers=1", "train.epochs=10", "train.lr=2e-3")
+    result = run_demo(tmp_path / "demo", ("geometry",), data=data, settings=small, progress=False)
     assert json.loads((result.run_dir / "config.json").read_text())["fingerprint"] == result.extract.fingerprint
     for split, metrics in (("val", result.val), ("test", result.test)):
         ours = metrics["model"]["rank@1"]
@@ -25,7 +23,7 @@ def test_model_from_a_store_beats_both_heuristics(tmp_path):
 def test_demo_runs_every_family_with_local_random_backbones(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the demo must never need the hub
     data = DemoDataConfig(clips=30, frames=6, persons=4, seed=1)
-    result = run_demo(tmp_path / "demo", data=data, model=replace(DEMO_MODEL, hidden=16), training=replace(DEMO_TRAIN, epochs=2))
+    result = run_demo(tmp_path / "demo", data=data, settings=("model.hidden=16", "model.temporal_heads=4", "train.epochs=2"))
     assert "RANDOMLY initialised" in capsys.readouterr().out
     assert result.extract.ok and result.extract.written == 30
     config = json.loads((result.run_dir / "config.json").read_text())

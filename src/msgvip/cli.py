@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .config import CONFIG_SECTIONS, ConfigError, ExtractConfig, check_device, parse_settings, read_config_file
+from .config import ConfigError, ExtractConfig, check_device, read_config_file
 from .data.sources import SourceError
 from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError
@@ -218,15 +218,16 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"))
 @click.option("--difficulty", type=click.Choice(DIFFICULTIES), default="default", show_default=True,
               help="The world of the demo clips (see `msgvip demo-data --help`).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="A model or train setting of the ranker, as for `msgvip train --set` (repeatable).")
 @user_errors
-def demo(out: Path, difficulty: str) -> None:
+def demo(out: Path, difficulty: str, settings: tuple[str, ...]) -> None:
     """Run the whole chain on synthetic clips under OUT: demo data, extraction, training,
     evaluation against the heuristic baselines, the run's HTML report."""
     from dataclasses import replace
 
     from .pipelines.demo import DEMO_DATA, run_demo
 
-    result = run_demo(out, data=replace(DEMO_DATA, difficulty=difficulty))
+    result = run_demo(out, data=replace(DEMO_DATA, difficulty=difficulty), settings=settings)
     click.echo(f"\ntest split, {result.test['clips']} clips:")
     _print_metrics_table(result.test)
     click.echo(f"\ndone in {result.seconds:.0f} s: clips in {out / 'data'}, store {result.extract.store}, run in {result.run_dir}")
@@ -304,31 +305,6 @@ def _print_leaks(leaks: dict[str, list[list[str]]]) -> None:
         click.echo(f"LEAK {pair}: {len(keys)} clips with the same content in both splits: {shown}", err=True)
 
 
-def _train_configs(config_file: Path | None, overrides: dict, preset_name: str | None = None, settings: Sequence[str] = ()) -> tuple:
-    """(train config, model config): the model preset's training defaults, under the config
-    file's [train] section, under ``--set`` and the flags; [model] holds ``preset`` and that
-    preset's options. A key given both by a flag and by ``--set`` is refused."""
-    from .ranker import TrainConfig, build_config
-    from .ranker.presets import DEFAULT_PRESET, preset_named
-
-    sections = read_config_file(config_file) if config_file else {}
-    given = parse_settings(settings)
-    both = sorted(k for k, v in overrides.items() if v is not None and k in given.get("train", {}))
-    if both:
-        raise ConfigError(f"--set train.{both[0]} and its flag --{both[0].replace('_', '-')}: give one")
-    sections = {name: {**sections.get(name, {}), **given.get(name, {})} for name in CONFIG_SECTIONS}
-    source = (f"{config_file} with --set" if settings else str(config_file)) if config_file else ("--set" if settings else "command line")
-    model_values = dict(sections.get("model", {}))
-    preset_name = preset_name or model_values.pop("preset", DEFAULT_PRESET)
-    model_values.pop("preset", None)
-    try:
-        preset = preset_named(preset_name)
-    except ValueError as err:
-        raise ConfigError(f"{source}: model.preset: {err}") from None
-    train_values = {**preset.train_defaults, **sections.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return build_config(TrainConfig, train_values, source), build_config(preset.config, model_values, source)
-
-
 def _refuse_extraction_flags(model_fields: dict) -> None:
     """--store names features extracted already: flags that only steer extraction would be ignored."""
     ctx = click.get_current_context()
@@ -394,7 +370,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
           resume, overwrite, dataset, allow_duplicates, no_probe, settings, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
-    from .pipelines.train import store_for_training
+    from .pipelines.train import store_for_training, train_configs
     from .ranker import read_label_overrides, train as train_run
 
     if resume and run_dir is None:
@@ -405,7 +381,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
         _refuse_extraction_flags(model_fields)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger,
                  "probe": False if no_probe else None}  # fmt: skip
-    train_config, model_config = _train_configs(config_file, overrides, preset, settings)
+    train_config, model_config = train_configs(config_file, overrides, preset, settings)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
     earlier = _earlier_run(run_dir, overwrite) if run_dir is not None and not resume else []

@@ -7,6 +7,7 @@ model's metrics printed beside the two heuristic baselines -> the run's HTML rep
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ..ranker import RankerConfig, TrainConfig, evaluate_run, train
 from ..store.feature_store import FeatureStore
 from ..views import write_report
 from .extract import ExtractSummary, run_extract
+from .train import train_configs
 
 DEMO_FEATURES = ("appearance", "face", "geometry", "pose")
 DEMO_DATA = DemoDataConfig(clips=240, frames=24, persons=8, height=96, width=160, seed=0)
@@ -40,11 +42,13 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(out: Path, features: tuple[str, ...] = DEMO_FEATURES, data: DemoDataConfig = DEMO_DATA,
-             model: RankerConfig = DEMO_MODEL, training: TrainConfig = DEMO_TRAIN, progress: bool = True) -> DemoResult:  # fmt: skip
+def run_demo(out: Path, features: tuple[str, ...] = DEMO_FEATURES, data: DemoDataConfig = DEMO_DATA, settings: Sequence[str] = (),
+             progress: bool = True) -> DemoResult:  # fmt: skip
     """Run every stage under ``out``: ``data/``, ``models/`` (tiny random backbones, when a model
-    family is asked for), ``cache/`` (the store), ``run/`` (the ranker)."""
+    family is asked for), ``cache/`` (the store), ``run/`` (the ranker). The ranker trains with
+    what ``msgvip train --store FP`` trains with, under ``settings`` (``--set`` pairs)."""
     start = time.perf_counter()
+    training, model = train_configs(settings=settings)
     out = Path(out)
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/5] synthetic clips -> {out / 'data'}")

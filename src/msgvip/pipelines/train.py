@@ -8,11 +8,13 @@ cache root, so it is found again from any working directory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..config import ExtractConfig
+from ..config import CONFIG_SECTIONS, ConfigError, ExtractConfig, parse_settings, read_config_file
 from ..data.sources import SourceError
-from ..ranker.trainer import run_config
+from ..ranker.presets import DEFAULT_PRESET, preset_named
+from ..ranker.trainer import TrainConfig, build_config, run_config
 from ..store.cache import cache_root, resolve_store
 from ..store.feature_store import FeatureStore, StoreError
 from .extract import ExtractSummary, default_dataset_name, run_extract
@@ -65,3 +67,27 @@ def store_for_prediction(
     config = ExtractConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run_store.settings.items()})
     summary = run_extract(Path(target), config, cache_dir=run_store.storage.url, progress=progress, dataset=name, storage_options=storage_options)
     return FeatureStore.open(summary.store, storage_options), summary.dataset
+
+
+def train_configs(config_file: Path | None = None, overrides: Mapping | None = None, preset_name: str | None = None, settings: Sequence[str] = ()) -> tuple:
+    """(train config, model config): the model preset's training defaults, under the config
+    file's [train] section, under ``--set`` and the flags; [model] holds ``preset`` and that
+    preset's options. A key given both by a flag and by ``--set`` is refused. With no arguments:
+    the configs ``msgvip train --store FP`` trains with (the demo and the benchmarks use them)."""
+    sections = read_config_file(config_file) if config_file else {}
+    given = parse_settings(settings)
+    overrides = overrides or {}
+    both = sorted(k for k, v in overrides.items() if v is not None and k in given.get("train", {}))
+    if both:
+        raise ConfigError(f"--set train.{both[0]} and its flag --{both[0].replace('_', '-')}: give one")
+    sections = {name: {**sections.get(name, {}), **given.get(name, {})} for name in CONFIG_SECTIONS}
+    source = (f"{config_file} with --set" if settings else str(config_file)) if config_file else ("--set" if settings else "command line")
+    model_values = dict(sections.get("model", {}))
+    preset_name = preset_name or model_values.pop("preset", DEFAULT_PRESET)
+    model_values.pop("preset", None)
+    try:
+        preset = preset_named(preset_name)
+    except ValueError as err:
+        raise ConfigError(f"{source}: model.preset: {err}") from None
+    train_values = {**preset.train_defaults, **sections.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return build_config(TrainConfig, train_values, source), build_config(preset.config, model_values, source)

@@ -70,6 +70,27 @@ class TrainConfig:
     # over another number of threads round differently, so config.json records the count used.
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        # a value outside its range never trains silently the wrong way (grad_clip -1 negated every
+        # gradient, patience -1 stopped before the first epoch, margin nan trained on a nan loss)
+        at_least = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "patience": 1, "threads": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)!r}")
+        ranges = {"lr": (0.0, False), "weight_decay": (0.0, True), "margin": (0.0, True), "pairwise_weight": (0.0, True), "min_delta": (0.0, True)}
+        for name, (low, inclusive) in ranges.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                raise ValueError(f"TrainConfig.{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.warmup_fraction must be a fraction of all steps in [0, 1], got {self.warmup_fraction!r}")
+        if math.isnan(self.grad_clip) or self.grad_clip <= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0 (the largest gradient norm; inf: no clipping), got {self.grad_clip!r}")
+        if self.in_memory not in ("auto", "yes", "no"):
+            raise ValueError(f"TrainConfig.in_memory must be 'auto', 'yes' or 'no', got {self.in_memory!r}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"TrainConfig.logger must be one of {list(LOGGERS)}, got {self.logger!r}")
+
 
 def build_config(cls, values: Mapping, source: str):
     """A dataclass from a mapping, refusing unknown keys and values of the wrong type."""
@@ -413,8 +434,6 @@ def train(
         retain_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     run_dir = Path(run_dir)
     cfg = train_config
-    if cfg.logger not in LOGGERS:
-        raise ConfigError(f"train.logger must be one of {list(LOGGERS)}, got {cfg.logger!r}")
     with store.lease(), reproducible(cfg.threads):
         store.touch()
         snapshot = store.resolve_dataset(dataset)
