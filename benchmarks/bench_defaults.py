@@ -153,7 +153,7 @@ def main() -> None:
     start, results = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
-        for world in (w for w in WORLDS if w.name in args.worlds):
+        for world in (next(w for w in WORLDS if w.name == name) for name in args.worlds):  # in the order asked
             results.append(measure(world, args.seeds, args.settings, base / world.name, say))
     if args.json:
         print(json.dumps(json_ready(results), indent=2, allow_nan=False))

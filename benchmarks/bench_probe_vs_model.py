@@ -3,8 +3,8 @@
 For each ``--difficulty`` (default: ``default`` and ``hard``) this writes the demo clips
 (``pipelines/demo.py``'s DEMO_DATA with that difficulty), extracts the demo's feature families
 (tiny random backbones for appearance/face/pose, as `msgvip demo` does; ``--features geometry``
-is much faster), runs ``msgvip probe`` on the store, trains the demo's model (DEMO_MODEL,
-DEMO_TRAIN) once per seed and scores it on the test split. It prints:
+is much faster), runs ``msgvip probe`` on the store, trains the small settings the demo trained
+with before issue #18 (``_small_config.py``) once per seed and scores it on the test split. It prints:
 
 - the probe's best test Rank@1 per feature family and overall, each with its 95% bootstrap
   interval (ranking_metrics). "Best" is the maximum over *test* Rank@1 of every probe row
@@ -40,13 +40,14 @@ from threadpoolctl import threadpool_limits
 from msgvip.cli import json_ready
 from msgvip.config import ExtractConfig
 from msgvip.data.synthetic import DIFFICULTIES, write_demo_data
-from msgvip.pipelines.demo import DEMO_DATA, DEMO_FEATURES, DEMO_MODEL, DEMO_TRAIN
+from msgvip.pipelines.demo import DEMO_DATA, DEMO_FEATURES
 from msgvip.pipelines.extract import run_extract
 from msgvip.ranker import RankerConfig, StoreDataset, train
 from msgvip.ranker.metrics import paired_bootstrap, rank_of_target, ranking_metrics
 from msgvip.ranker.probe import ALL_FAMILIES, SCORERS, _person_rows, _score, format_probe_table, probe_store  # private helpers: refit a reported probe
 from msgvip.ranker.trainer import Runtime, load_run, score_dataset
 from msgvip.store.feature_store import FeatureStore
+from _small_config import SMALL_MODEL, SMALL_TRAIN  # noqa: E402  (the settings its README figures were measured with)
 
 # issue #10: how far the mean model must be above the best probe, per difficulty
 REQUIRED_MARGIN = {"default": 0.0, "hard": 0.2}
@@ -129,7 +130,7 @@ def measure(difficulty: str, features: tuple[str, ...], model_config: RankerConf
     for seed in seeds:
         start = time.perf_counter()
         run_dir = root / f"run-seed{seed}"
-        summary = train(store, run_dir, replace(DEMO_TRAIN, seed=seed), model_config, progress=False)
+        summary = train(store, run_dir, replace(SMALL_TRAIN, seed=seed), model_config, progress=False)
         model, _ = load_run(run_dir)
         scores = score_dataset(model, test, Runtime(torch.device("cpu")), 32, amp=False)
         ranks = rank_of_target(scores, target, valid)
@@ -185,7 +186,7 @@ def main() -> None:
     torch.set_num_threads(1)  # small models on a shared CPU: extra threads cost more in sync than they gain
     features = tuple(f.strip() for f in args.features.split(",") if f.strip())
     try:
-        model = replace(DEMO_MODEL, **dict(_model_option(o) for o in args.model_option))
+        model = replace(SMALL_MODEL, **dict(_model_option(o) for o in args.model_option))
     except (TypeError, ValueError) as err:
         parser.error(f"--model-option: {err}")
     say = (lambda *a, **k: None) if args.json else print

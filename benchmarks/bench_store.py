@@ -51,13 +51,13 @@ import msgvip.store.feature_store as feature_store_v2
 from msgvip.data.clip import read_clip
 from msgvip.data.synthetic import DemoDataConfig, write_demo_data
 from msgvip.extract.geometry import geometry_features
-from msgvip.pipelines.demo import DEMO_MODEL
 from msgvip.ranker import ImportanceRanker, StoreDataset, ranking_loss
 from msgvip.store import ArraySpec, FeatureStore, Snapshot, SnapshotEntry, open_storage
 from msgvip.store.fingerprint import fingerprint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _store_v1 as v1  # noqa: E402
+from _small_config import SMALL_MODEL  # noqa: E402  (the settings its README figures were measured with)
 
 SEED = 0x5702
 DATASET = "bench"
@@ -417,7 +417,7 @@ def train_epoch(data: StoreDataset, batch_size: int, seed: int, max_batches: int
     """One epoch as bench_train_epoch.py times it: shuffled batches from the in-RAM split, the
     demo-size ranker (a bigger ranker makes the epoch longer, the checksum share smaller)."""
     torch.manual_seed(seed)
-    model = ImportanceRanker(DEMO_MODEL, data.feature_dims)
+    model = ImportanceRanker(SMALL_MODEL, data.feature_dims)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for i, batch in enumerate(data.batches(batch_size, shuffle=True, seed=seed)):

@@ -28,10 +28,10 @@ from msgvip.data.synthetic import DemoDataConfig, write_demo_data
 from msgvip.extract.backbones import DEMO_CROP_SIZE, make_demo_backbones
 from msgvip.extract.registry import build_extractors
 from msgvip.pipelines import extract_features, run_extract
-from msgvip.pipelines.demo import DEMO_MODEL, DEMO_TRAIN
 from msgvip.ranker import ImportanceRanker, StoreDataset, ranking_loss, train
 from msgvip.store import FeatureStore
 from msgvip.store.feature_store import MASK_ARRAY
+from _small_config import SMALL_MODEL, SMALL_TRAIN  # noqa: E402  (the settings its README figures were measured with)
 
 
 def step(model, optimizer, features: dict[str, torch.Tensor], mask: torch.Tensor, target: torch.Tensor) -> None:
@@ -93,7 +93,7 @@ def main() -> None:
         timings = {"store": [], "reextract": []}
         for name in timings:
             torch.manual_seed(0)
-            model = ImportanceRanker(DEMO_MODEL, data.feature_dims)
+            model = ImportanceRanker(SMALL_MODEL, data.feature_dims)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
             for epoch in range(args.epochs):
                 if name == "store":
@@ -103,7 +103,7 @@ def main() -> None:
 
         waits = {}
         for mode in ("yes", "no"):
-            summary = train(store, tmp / f"run-{mode}", replace(DEMO_TRAIN, epochs=args.epochs, in_memory=mode, patience=100), DEMO_MODEL, progress=False)
+            summary = train(store, tmp / f"run-{mode}", replace(SMALL_TRAIN, epochs=args.epochs, in_memory=mode, patience=100), SMALL_MODEL, progress=False)
             waits[mode] = summary.data_wait_fraction
 
     store_epoch, reextract_epoch = float(np.median(timings["store"])), float(np.median(timings["reextract"]))

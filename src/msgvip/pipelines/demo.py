@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import ExtractConfig
 from ..data.synthetic import DemoDataConfig, write_demo_data
-from ..ranker import RankerConfig, TrainConfig, evaluate_run, train
+from ..ranker import evaluate_run, train
 from ..store.feature_store import FeatureStore
 from ..views import write_report
 from .extract import ExtractSummary, run_extract
@@ -21,14 +21,6 @@ from .train import train_configs
 
 DEMO_FEATURES = ("appearance", "face", "geometry", "pose")
 DEMO_DATA = DemoDataConfig(clips=240, frames=24, persons=8, height=96, width=160, seed=0)
-# 168 training clips: a small model, heavy dropout and weight decay, and whole families left out
-# half of the time (the random demo backbones' families are noisy), else it memorises the clips
-# by epoch 10 (measured: test Rank@1 of 3 seeds 0.74 -> 0.87 on the demo store, bench_probe_vs_model.py)
-DEMO_MODEL = RankerConfig(hidden=32, gat_heads=4, temporal_heads=4, event_heads=4, pool_heads=4, relation_heads=4, ff_mult=2,
-                          dropout=0.3, family_dropout=0.5)  # fmt: skip
-# 60 epochs, patience 30: on the hard setting (demo-data --difficulty hard) the cue is found
-# only after 20-30 epochs of flat validation scores
-DEMO_TRAIN = TrainConfig(epochs=60, batch_size=8, lr=2e-3, weight_decay=0.1, patience=30, seed=0)
 
 
 @dataclass
