@@ -29,10 +29,11 @@ def store(tmp_path_factory) -> FeatureStore:
 
 @pytest.fixture(scope="module")
 def starved_run(store, tmp_path_factory) -> tuple[Path, str]:
-    """A run whose model barely learns (one epoch at a tiny learning rate): its probe wins by
-    construction. Returns (run directory, what `train` printed)."""
+    """A run whose model barely learns (one epoch at a tiny learning rate, without the probe in the
+    model): its probe wins by construction. Returns (run directory, what `train` printed)."""
     run = tmp_path_factory.mktemp("runs") / "starved"
-    result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(run), "--epochs", "1", "--lr", "1e-9"])
+    result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(run), "--epochs", "1", "--lr", "1e-9",
+                                       "--set", "model.probe_prior=false"])  # fmt: skip
     assert result.exit_code == 0, result.output
     return run, result.output
 
@@ -146,12 +147,13 @@ def test_a_probe_prior_model_starts_as_its_probe_and_is_scored_with_it(store, tm
     record = json.loads(CliRunner().invoke(main, ["evaluate", str(run), "--json"]).stdout)
     # zero-initialised score layers and a learning rate too small to move them: the model is its probe
     assert record["model"]["rank@1"] == record["probe"]["rank@1"] and record["model"]["mrr"] == pytest.approx(record["probe"]["mrr"])
-    refused = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(tmp_path / "no"), "--epochs", "1",
-                                        "--set", "model.probe_prior=true", "--no-probe"])  # fmt: skip
-    assert refused.exit_code == 1 and "model.probe_prior adds the run's probe scores" in refused.output
+    alone = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(tmp_path / "no"), "--epochs", "1",
+                                      "--set", "model.probe_prior=true", "--no-probe"])  # fmt: skip
+    assert alone.exit_code == 0 and "model.probe_prior is off for this run: it has no probe (train.probe is off)" in alone.output
+    assert json.loads((tmp_path / "no" / "config.json").read_text())["model"]["probe_prior"] is False
 
 
-def test_a_probe_prior_model_needs_its_prior():
+def test_a_probe_prior_model_starts_exactly_as_its_prior():
     import torch
 
     from msgvip.ranker.model import ImportanceRanker, RankerConfig
@@ -161,5 +163,5 @@ def test_a_probe_prior_model_needs_its_prior():
     features = {"geometry": torch.randn(2, 3, 4, 18)}
     prior = torch.randn(2, 4)
     torch.testing.assert_close(model(features, mask, prior=prior), prior)  # untrained: the probe's ranking, exactly
-    with pytest.raises(ValueError, match="pass prior"):
-        model(features, mask)
+    with pytest.raises(ValueError, match=r"prior \(the probe's scores\) must be \(B, N\) = \(2, 4\)"):
+        model(features, mask, prior=prior[:, :3])

@@ -107,8 +107,15 @@ def test_gradients_flow_to_every_parameter():
     features = with_garbage(features, mask)
     valid = mask.any(1)
     target = valid.float().argmax(1)  # first valid slot
-    loss = ranking_loss(model(features, mask), target, valid)
-    loss.backward()
+    prior = torch.randn(mask.shape[0], mask.shape[2])  # the probe's scores
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # the score layers start at 0 (the untrained model ranks as its probe), so the layers before
+    # them see a gradient from the second step on
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = ranking_loss(model(features, mask, prior=prior), target, valid)
+        loss.backward()
+        optimizer.step()
     assert torch.isfinite(loss)
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -366,7 +373,8 @@ def test_attention_pooling_without_per_frame_keys_and_values_matches_the_textboo
 
 def test_a_layered_family_is_mixed_by_learned_weights_and_stays_permutation_invariant():
     torch.manual_seed(0)
-    model = ImportanceRanker(RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2),
+    # probe_prior off: its score layers start at 0, so no gradient would reach the mix on a first step
+    model = ImportanceRanker(RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2, probe_prior=False),
                              {"appearance": 3 * 8}, feature_layers={"appearance": 3})  # fmt: skip
     mask = torch.rand(2, 5, 4) < 0.8
     mask[:, 0, :2] = True

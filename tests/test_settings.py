@@ -61,7 +61,7 @@ def test_train_takes_settings_and_refuses_unknown_ones(tmp_path: Path, cache_dir
     ("field", "value", "message"),
     [
         ("batch_size", 0, "batch_size must be >= 1"), ("eval_batch_size", 0, "eval_batch_size must be >= 1"), ("epochs", 0, "epochs must be >= 1"),
-        ("patience", -1, "patience must be >= 1"), ("lr", -1.0, "lr must be a finite number > 0"), ("lr", float("nan"), "lr must be a finite number > 0"),
+        ("patience", -1, "patience must be >= 1"), ("lr", -1.0, "lr must be a finite number >= 0"), ("lr", float("nan"), "lr must be a finite number >= 0"),
         ("weight_decay", -1.0, "weight_decay must be a finite number >= 0"), ("margin", float("nan"), "margin must be a finite number >= 0"),
         ("warmup_fraction", 5.0, r"warmup_fraction must be a fraction of all steps in \[0, 1\]"), ("grad_clip", -1.0, "grad_clip must be > 0"),
         ("grad_clip", 0.0, "grad_clip must be > 0"), ("in_memory", "maybe", "in_memory must be 'auto', 'yes' or 'no'"), ("threads", -2, "threads must be >= 0"),

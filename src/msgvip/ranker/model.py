@@ -58,7 +58,7 @@ PAIR_CHUNK = 1 << 19
 
 #: What a run's config record meant by a field it lacks because it was written before the field
 #: existed: the value that rebuilds the model it was trained as.
-RECORD_DEFAULTS = {"track_stats": False, "scene_layers": 0, "input_norm": "layer"}
+RECORD_DEFAULTS = {"track_stats": False, "scene_layers": 0, "input_norm": "layer", "probe_prior": False}
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class RankerConfig:
     # as the probe and learns what the probe misses. On the train split the scores are
     # cross-fitted (each clip scored by a probe fitted without it), so they are as right there as
     # on clips the probe never saw, and the model cannot learn to trust them more than they deserve.
-    probe_prior: bool = False
+    probe_prior: bool = True
     # In training, each family of each clip is left out of the fusion with this probability (never
     # all of one clip's): a noisy family cannot carry the fit alone (sum fusion only).
     family_dropout: float = 0.0
@@ -690,7 +690,8 @@ class ImportanceRanker(nn.Module):
 
     @property
     def accepts_prior(self) -> bool:
-        """Whether forward takes (and needs) ``prior``: the probe's scores (B, N)."""
+        """Whether forward adds ``prior``, the probe's scores (B, N), to its own: msgvip's runs
+        always pass it to such a model; without it, forward scores with the model alone."""
         return self.prior_gain is not None
 
     def forward(self, features: dict[str, Tensor], person_mask: Tensor, prior: Tensor | None = None) -> Tensor:
@@ -705,8 +706,8 @@ class ImportanceRanker(nn.Module):
         missing = [k for k in self.feature_dims if k not in features]
         if missing:
             raise KeyError(f"features lacks {missing}; the model was built for {list(self.feature_dims)}")
-        if self.accepts_prior and (prior is None or tuple(prior.shape) != (B, N)):
-            raise ValueError(f"this model adds its probe's scores to its own (probe_prior): pass prior (B, N) = {(B, N)}, got {None if prior is None else tuple(prior.shape)}")
+        if prior is not None and tuple(prior.shape) != (B, N):
+            raise ValueError(f"prior (the probe's scores) must be (B, N) = {(B, N)}, like person_mask's clips and slots; got {tuple(prior.shape)}")
         mask = person_mask.to(torch.bool)
         packed = all(features[name].dim() == 2 for name in self.feature_dims)
         V = int(mask.sum()) if packed else None
@@ -785,7 +786,7 @@ class ImportanceRanker(nn.Module):
             skip = self._linear_skip(raw, node_p, person_b, P, B, track)  # (P,)
             self._skip_logits = logits.masked_scatter(person_valid, skip.float()) if self.training else None
             score = score + skip
-        if self.prior_gain is not None:
+        if self.prior_gain is not None and prior is not None:
             score = score + self.prior_gain * prior[person_valid].to(score.dtype)
         # persons are in (b, n) row-major order, the same order masked_scatter fills
         return logits.masked_scatter(person_valid, score.float())

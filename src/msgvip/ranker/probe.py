@@ -398,6 +398,8 @@ class FittedProbe:
             warnings.simplefilter("ignore", ConvergenceWarning)
             for k in range(folds):
                 fit = (person_fold != k) & split.labeled
+                if not (person_fold == k).any():
+                    continue  # fewer clips than folds
                 if not split.is_target[fit].any() or split.is_target[fit].all():
                     out[person_fold == k] = self.person_scores(persons.columns[person_fold == k])  # too few clips to refit
                     continue

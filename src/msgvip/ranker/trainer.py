@@ -77,7 +77,7 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)!r}")
-        ranges = {"lr": (0.0, False), "weight_decay": (0.0, True), "margin": (0.0, True), "pairwise_weight": (0.0, True), "min_delta": (0.0, True)}
+        ranges = {"lr": (0.0, True), "weight_decay": (0.0, True), "margin": (0.0, True), "pairwise_weight": (0.0, True), "min_delta": (0.0, True)}
         for name, (low, inclusive) in ranges.items():
             value = getattr(self, name)
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
@@ -464,6 +464,17 @@ def train(
         if hasattr(model_config, "max_frames"):
             model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
 
+        probe_error = None
+        if not cfg.probe:
+            probe = None
+        elif probe is None:  # on every rank (the fit is deterministic): a probe_prior model needs it everywhere
+            probe, probe_error = _run_probe(run_dir, train_data, val_data, resume, progress and runtime.is_main)
+        if getattr(model_config, "probe_prior", False) and probe is None:
+            # the model would add scores nobody computed: it trains alone, and its record says so
+            model_config = replace(model_config, probe_prior=False)
+            if progress and runtime.is_main:
+                print(f"model.probe_prior is off for this run: it has no probe ({probe_error or 'train.probe is off'})", flush=True)
+
         torch.manual_seed(cfg.seed)
         feature_layers = layer_counts(store.specs, train_data.families)  # families stored as (L, D): the model mixes them
         try:
@@ -480,16 +491,8 @@ def train(
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
             "unmatched_labels": unmatched, "runtime": {"threads": torch.get_num_threads(), "torch": str(torch.__version__), "deterministic": True},
         }  # fmt: skip
-        probe_error = None
-        if not cfg.probe:
-            probe = None
-        elif probe is None:  # on every rank (the fit is deterministic): a probe_prior model needs it everywhere
-            probe, probe_error = _run_probe(run_dir, train_data, val_data, resume, progress and runtime.is_main)
         if probe is not None or probe_error is not None:
             config_record["probe"] = probe.record() if probe is not None else {"error": probe_error}
-        if _wants_prior(model) and probe is None:
-            raise ConfigError(f"{store.location}: model.probe_prior adds the run's probe scores, but the run has no probe ("
-                              f"{probe_error or 'train.probe is off'}); train without model.probe_prior")  # fmt: skip
         # the probe's scores of the train clips from probes fitted without them (see probe_prior)
         train_prior, val_prior = (probe.cross_fitted(train_data), probe.prior(val_data)) if _wants_prior(model) else (None, None)
         history: list[dict] = []
