@@ -78,8 +78,9 @@ def test_tpe_sweep_prunes_reads_the_store_once_and_lists_mean_and_std_over_seeds
 
     monkeypatch.setattr(FeatureStore, "read_clips", counted)
     # lr down to 1e-7 cannot learn in two epochs: such trials fall below the median and are pruned
+    # (without the probe in the model: with it, every trial starts level with its probe)
     space = write_space(tmp_path / "space.toml", "epochs = 2\nbatch_size = 4\nin_memory = 'yes'\nlr = {low = 1e-7, high = 1e-1, log = true}",
-                        {"hidden": "[8, 16]"}, "prune_startup_trials = 2")  # fmt: skip
+                        {"hidden": "[8, 16]", "probe_prior": "false"}, "prune_startup_trials = 2")  # fmt: skip
     out = tmp_path / "sweep"
     summary = run_sweep(store, space, out, trials=8, seeds=2, progress=False)
 
