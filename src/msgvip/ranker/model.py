@@ -572,7 +572,10 @@ class ImportanceRanker(nn.Module):
        the clip; its output is added to every person-frame and conditions the pooling query;
        multi-head attention pooling over the person's present frames;
     5. self score (MLP); with ``config.dual_head`` also a relation score (attention over the other
-       persons of the clip) and a sigmoid gate: ``logit = g * self + (1 - g) * relation``.
+       persons of the clip) and a sigmoid gate: ``logit = g * self + (1 - g) * relation``;
+    6. with ``config.probe_prior``, ``+ gain * prior``: the run's probe's score of each person
+       (``forward(..., prior=(B, N))``; the score layers start at 0, the gain at 1, so the untrained
+       model ranks as the probe). Without ``prior`` the model scores alone.
 
     Args:
         config: hyper-parameters (default: ``RankerConfig()``).
