@@ -33,7 +33,7 @@ import numpy as np
 from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
-from ..ranker.trainer import PROBE_FILE, TrainConfig, scored_split, best_epoch, read_metrics, run_config, run_probe
+from ..ranker.trainer import PROBE_FILE, TrainConfig, best_epoch, read_metrics, run_config, run_probe, scored_split
 from ..store.feature_store import FeatureStore
 
 __all__ = [

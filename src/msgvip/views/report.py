@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.clip import display_path
-from ..ranker.trainer import scored_split, evaluate_run, load_checkpoint, run_config
+from ..ranker.trainer import evaluate_run, load_checkpoint, run_config, scored_split
 from ..store.feature_store import FeatureStore
 from .show import ClipScores, render_clips, scores_from_model, worst_first
 

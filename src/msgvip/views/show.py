@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..config import ConfigError
 from ..data.clip import ClipError, display_path, read_clip
 from ..ranker.metrics import rank_of_target
-from ..ranker.trainer import scored_split, run_config
+from ..ranker.trainer import run_config, scored_split
 from ..store.feature_store import FeatureStore
 from ..store.records import SnapshotEntry
 
