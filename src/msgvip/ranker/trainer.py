@@ -745,6 +745,6 @@ def run_config(run_dir: Path) -> dict:
 
 
 __all__ = [
-    "ConfigError", "TrainConfig", "TrainSummary", "build_config", "evaluate_run",
-    "load_run", "predict_run", "run_config", "train",
+    "PROBE_FILE", "ConfigError", "TrainConfig", "TrainSummary", "best_epoch", "build_config", "evaluate_run",
+    "load_run", "predict_run", "read_metrics", "reproducible", "run_config", "run_probe", "scored_split", "train",
 ]  # fmt: skip
