@@ -38,7 +38,7 @@ from msgvip.config import ExtractConfig
 from msgvip.data.synthetic import DemoDataConfig, write_demo_data
 from msgvip.pipelines.extract import run_extract
 from msgvip.ranker.metrics import rank_of_target
-from msgvip.ranker.trainer import run_probe, scored_split
+from msgvip.ranker.trainer import scored_split
 from msgvip.store.feature_store import FeatureStore
 
 ALL_FAMILIES = ("appearance", "face", "geometry", "pose")
@@ -103,12 +103,12 @@ def measure(world: World, seeds: list[int], settings: list[str], root: Path, say
         run = root / f"run-seed{seed}"
         tick = time.perf_counter()
         _cli("train", "--store", str(store.path), "--out", str(run), "--seed", str(seed), *(a for s in settings for a in ("--set", s)))
-        test, scores = scored_split(run, store, "test", None, "cpu", None)  # as `msgvip evaluate` scores it
-        target, valid = test.targets.numpy(), test.valid_slots().numpy()
+        scored = scored_split(run, store, "test", None, "cpu", None, with_probe=True)  # as `msgvip evaluate` scores it
+        target, valid = scored.data.targets.numpy(), scored.data.valid_slots().numpy()
         labeled = target >= 0
-        hits.append((rank_of_target(scores, target, valid) == 1)[labeled].astype(float))
-        probe = run_probe(run)
-        probe_hits = (rank_of_target(probe.scores(test), target, valid) == 1)[labeled].astype(float)
+        hits.append((rank_of_target(scored.scores, target, valid) == 1)[labeled].astype(float))
+        probe = scored.probe
+        probe_hits = (rank_of_target(scored.probe_scores, target, valid) == 1)[labeled].astype(float)
         best = json.loads(_cli("runs", "ls", str(run), "--json"))["runs"][0]
         runs.append({"seed": seed, "rank@1": float(hits[-1].mean()), "val_rank@1": best["metrics"]["val_rank@1"], "best_epoch": best["best_epoch"],
                      "epochs": best["epochs_run"], "probe": probe.about, "probe_val_rank@1": probe.val["rank@1"], "seconds": time.perf_counter() - tick})  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .config import ConfigError, ExtractConfig, check_device, read_config_file
+from .config import ConfigError, ExtractConfig, check_device
 from .data.sources import SourceError
 from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError

@@ -33,7 +33,7 @@ import numpy as np
 from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
-from ..ranker.trainer import PROBE_FILE, TrainConfig, best_epoch, read_metrics, run_config, run_probe, scored_split
+from ..ranker.trainer import PROBE_FILE, TrainConfig, best_epoch, read_metrics, run_config, scored_split
 from ..store.feature_store import FeatureStore
 
 __all__ = [
@@ -353,8 +353,9 @@ def compare_runs(
         ConfigError: the runs are scored on different clips, or their labels differ.
     """
     store_b = store_b or store
-    data_a, scores_a = scored_split(Path(run_a), store, split, None, device, dataset or run_config(run_a).get("dataset"))
-    data_b, scores_b = scored_split(Path(run_b), store_b, split, None, device, dataset or run_config(run_b).get("dataset"))
+    a = scored_split(Path(run_a), store, split, None, device, dataset or run_config(run_a).get("dataset"))
+    b = scored_split(Path(run_b), store_b, split, None, device, dataset or run_config(run_b).get("dataset"))
+    (data_a, scores_a), (data_b, scores_b) = (a.data, a.scores), (b.data, b.scores)
     order = _same_clips(run_a, run_b, split, data_a.entries, data_b.entries)  # b's index of each of a's clips
     targets_a, targets_b = data_a.targets.numpy(), data_b.targets.numpy()[order]
     relabeled = np.flatnonzero(targets_a != targets_b)
@@ -374,15 +375,14 @@ def compare_with_probe(run: Path, store: FeatureStore, split: str = "test", data
     """A run's model (B) against its own probe baseline (A) on the same clips of one split: the
     record of :func:`compare_runs`, with ``run_a`` naming the probe. Raises ConfigError for a run
     without a probe (trained with --no-probe, or before runs fitted one)."""
-    probe = run_probe(run)
-    if probe is None:
+    if not (Path(run) / PROBE_FILE).exists():
         raise ConfigError(f"{run}: has no probe baseline ({PROBE_FILE}); it was trained with --no-probe or by an older msgvip: retrain it to compare")
-    data, scores = scored_split(Path(run), store, split, None, device, dataset or run_config(run).get("dataset"))
-    valid = data.valid_slots().numpy()
+    scored = scored_split(Path(run), store, split, None, device, dataset or run_config(run).get("dataset"), with_probe=True)
+    data, valid = scored.data, scored.data.valid_slots().numpy()
     return {
-        "run_a": f"probe of {run} ({probe.about})", "run_b": str(run), "split": split, "dataset": data.snapshot.name, "clips": len(data),
+        "run_a": f"probe of {run} ({scored.probe.about})", "run_b": str(run), "split": split, "dataset": data.snapshot.name, "clips": len(data),
         "fingerprint_a": store.fingerprint, "fingerprint_b": store.fingerprint,
-        **_paired(probe.scores(data), scores, data.targets.numpy(), valid, valid, resamples, seed),
+        **_paired(scored.probe_scores, scored.scores, data.targets.numpy(), valid, valid, resamples, seed),
     }  # fmt: skip
 
 

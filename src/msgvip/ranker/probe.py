@@ -376,7 +376,10 @@ class FittedProbe:
     def prior(self, data: StoreDataset) -> np.ndarray:
         """(C, N) float32 scores of ``data`` in units of ``prior_scale``, 0 at empty slots: what a
         model with ``probe_prior`` adds to its logits."""
-        scores = self.scores(data)
+        return self.prior_from(self.scores(data))
+
+    def prior_from(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`prior` of scores (C, N) that :meth:`scores` gave already."""
         return np.where(np.isfinite(scores), scores / self.prior_scale, 0.0).astype(np.float32)
 
     def cross_fitted(self, data: StoreDataset, folds: int = 5) -> np.ndarray:

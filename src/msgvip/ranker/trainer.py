@@ -189,9 +189,8 @@ def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
     return {"model": ranking_metrics(scores, target, valid, scenes=[e.scene for e in data.entries]), **baseline_metrics(data)}
 
 
-def probe_metrics(probe: FittedProbe, data: StoreDataset) -> dict:
-    """Metrics of a run's probe on ``data``, with what it is and its val Rank@1."""
-    scores = probe.scores(data)
+def probe_metrics(probe: FittedProbe, scores: np.ndarray, data: StoreDataset) -> dict:
+    """Metrics of a run's probe from its scores (C, N) of ``data``, with what it is and its val Rank@1."""
     return {**ranking_metrics(scores, data.targets.numpy(), data.valid_slots().numpy()), "about": probe.about, "val_rank@1": probe.val["rank@1"]}
 
 
@@ -493,8 +492,9 @@ def train(
         }  # fmt: skip
         if probe is not None or probe_error is not None:
             config_record["probe"] = probe.record() if probe is not None else {"error": probe_error}
+        val_probe_scores = probe.scores(val_data) if probe is not None else None  # once: for the tables and the prior
         # the probe's scores of the train clips from probes fitted without them (see probe_prior)
-        train_prior, val_prior = (probe.cross_fitted(train_data), probe.prior(val_data)) if _wants_prior(model) else (None, None)
+        train_prior, val_prior = (probe.cross_fitted(train_data), probe.prior_from(val_probe_scores)) if _wants_prior(model) else (None, None)
         history: list[dict] = []
         graph_history: list[dict] = []  # per-epoch diagnostics of models that keep them (rgt), records/graph_stats.csv
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
@@ -519,7 +519,7 @@ def train(
                 probe.save(run_dir / PROBE_FILE)
         baselines = baseline_metrics(val_data)  # once: they do not change between epochs
         if probe is not None:
-            baselines = {"probe": probe_metrics(probe, val_data), **baselines}
+            baselines = {"probe": probe_metrics(probe, val_probe_scores, val_data), **baselines}
 
         tensorboard = None
         if cfg.logger == "tensorboard" and runtime.is_main:
@@ -681,8 +681,21 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]
     return model.to(device).eval(), config
 
 
-def scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: LabelOverrides | None, device: str, dataset: str | None):
-    """(data, scores) of a run's best model on one split of a dataset of ``store``."""
+@dataclass(frozen=True)
+class ScoredSplit:
+    """A run's best model scored on one split: its clips, the model's scores (C, N) and, where the
+    run has a probe and it was asked for (or the model adds it), the probe's scores (C, N)."""
+
+    data: StoreDataset
+    scores: np.ndarray
+    probe: FittedProbe | None = None
+    probe_scores: np.ndarray | None = None
+
+
+def scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: LabelOverrides | None, device: str, dataset: str | None,
+                 with_probe: bool = False) -> ScoredSplit:  # fmt: skip
+    """A run's best model scored on one split of a dataset of ``store``; ``with_probe`` also scores
+    the run's probe (each split is scored by the probe once, for the model's prior too)."""
     model, config = load_run(run_dir, device)
     with store.lease():
         store.touch()
@@ -695,14 +708,13 @@ def scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: 
                 f"{store.location}: dataset {data.snapshot.name!r} has clips of {data.frames} frames, the model of {run_dir} takes at most "
                 f"{max_frames}; subsample those clips' frames or train a model on data that includes them"
             )
-        prior = None
-        if _wants_prior(model):
-            probe = run_probe(run_dir)
-            if probe is None:
-                raise ConfigError(f"{run_dir}: its model adds its probe's scores (probe_prior), but {PROBE_FILE} is missing; the run directory is damaged")
-            prior = probe.prior(data)
+        probe = run_probe(run_dir) if with_probe or _wants_prior(model) else None
+        if probe is None and _wants_prior(model):
+            raise ConfigError(f"{run_dir}: its model adds its probe's scores (probe_prior), but {PROBE_FILE} is missing; the run directory is damaged")
+        probe_scores = probe.scores(data) if probe is not None else None
+        prior = probe.prior_from(probe_scores) if _wants_prior(model) else None
         scores = score_dataset(model, data, Runtime(torch.device(device)), 32, amp=False, prior=prior)
-    return data, scores
+    return ScoredSplit(data, scores, probe if with_probe else None, probe_scores if with_probe else None)
 
 
 def evaluate_run(
@@ -710,13 +722,18 @@ def evaluate_run(
 ) -> dict:
     """Metrics of a run's best model and of the baselines on one split of a dataset of ``store``
     (default: the dataset the run was trained on)."""
-    dataset = dataset or run_config(run_dir).get("dataset")
-    data, scores = scored_split(run_dir, store, split, labels, device, dataset)
-    result = {"split": split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
-              "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scores, data)}  # fmt: skip
-    probe = run_probe(run_dir)
-    if probe is not None:
-        result["probe"] = probe_metrics(probe, data)
+    scored = scored_split(run_dir, store, split, labels, device, dataset or run_config(run_dir).get("dataset"), with_probe=True)
+    return evaluation(run_dir, scored, store, labels)
+
+
+def evaluation(run_dir: Path, scored: ScoredSplit, store: FeatureStore, labels: LabelOverrides | None = None) -> dict:
+    """The record of :func:`evaluate_run` from a split scored already (``with_probe=True``)."""
+    data = scored.data
+    result = {"split": data.split, "dataset": data.snapshot.name, "clips": len(data), "fingerprint": store.fingerprint,
+              "unmatched_labels": unmatched_labels(data.snapshot, labels), **evaluate_scores(scored.scores, data)}  # fmt: skip
+    if scored.probe is not None:
+        probe = scored.probe
+        result["probe"] = probe_metrics(probe, scored.probe_scores, data)
         best = best_epoch(read_metrics(run_dir), run_config(run_dir)["train"].get("min_delta", 0.0))
         result["below_probe"] = below_probe_note(float(best["val_rank@1"]), {**probe.val, "about": probe.about}) if best else None
     return result
@@ -724,9 +741,9 @@ def evaluate_run(
 
 def predict_run(run_dir: Path, store: FeatureStore, out: Path, split: str | None = None, device: str = "cpu", dataset: str | None = None) -> int:
     """Write a ranking CSV for the clips of a dataset of ``store`` (one split, or all); returns the clip count."""
-    data, scores = scored_split(run_dir, store, split, None, device, dataset)
-    write_predictions(Path(out), scores, data)
-    return len(data)
+    scored = scored_split(run_dir, store, split, None, device, dataset)
+    write_predictions(Path(out), scored.scores, scored.data)
+    return len(scored.data)
 
 
 def run_config(run_dir: Path) -> dict:
@@ -746,5 +763,5 @@ def run_config(run_dir: Path) -> dict:
 
 __all__ = [
     "PROBE_FILE", "ConfigError", "TrainConfig", "TrainSummary", "best_epoch", "build_config", "evaluate_run",
-    "load_run", "predict_run", "read_metrics", "reproducible", "run_config", "run_probe", "scored_split", "train",
+    "load_run", "predict_run", "read_metrics", "reproducible", "run_config", "run_probe", "ScoredSplit", "scored_split", "evaluation", "train",
 ]  # fmt: skip

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.clip import display_path
-from ..ranker.trainer import evaluate_run, load_checkpoint, run_config, scored_split
+from ..ranker.trainer import evaluation, load_checkpoint, run_config, scored_split
 from ..store.feature_store import FeatureStore
 from .show import ClipScores, render_clips, scores_from_model, worst_first
 
@@ -76,9 +76,9 @@ def write_report(
 
     history = read_history(run_dir / "metrics.csv")
     best_epoch = load_checkpoint(run_dir / "best.pt")["best"]["epoch"] if (run_dir / "best.pt").exists() else None
-    result = evaluate_run(run_dir, store, split)
-    data, scores = scored_split(run_dir, store, split, None, "cpu", config.get("dataset"))
-    views = scores_from_model(data.entries, scores, data.valid_slots().numpy())
+    scored = scored_split(run_dir, store, split, None, "cpu", config.get("dataset"), with_probe=True)  # once, for the metrics and the gallery
+    result = evaluation(run_dir, scored, store)
+    views = scores_from_model(scored.data.entries, scored.scores, scored.data.valid_slots().numpy())
     labeled = [v for v in views if v.entry.target >= 0]
 
     figures = {

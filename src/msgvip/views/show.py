@@ -230,8 +230,8 @@ def clip_scores(run_dir: Path, store: FeatureStore, entries: Sequence[SnapshotEn
         if rows:
             found[entry.key] = ClipScores(entry, {s: v for s, (v, _) in rows.items()}, {s: r for s, (_, r) in rows.items()}, "predictions.csv")
     for split in sorted({e.split for e in entries if e.key not in found}):
-        data, scores = scored_split(run_dir, store, split, None, "cpu", dataset)
-        found.update((v.entry.key, v) for v in scores_from_model(data.entries, scores, data.valid_slots().numpy()))
+        scored = scored_split(run_dir, store, split, None, "cpu", dataset)
+        found.update((v.entry.key, v) for v in scores_from_model(scored.data.entries, scored.scores, scored.data.valid_slots().numpy()))
     return [found[e.key] for e in entries]
 
 
