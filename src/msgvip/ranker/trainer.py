@@ -77,11 +77,10 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)!r}")
-        ranges = {"lr": (0.0, True), "weight_decay": (0.0, True), "margin": (0.0, True), "pairwise_weight": (0.0, True), "min_delta": (0.0, True)}
-        for name, (low, inclusive) in ranges.items():
+        for name in ("lr", "weight_decay", "margin", "pairwise_weight", "min_delta"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < low or (value == low and not inclusive):
-                raise ValueError(f"TrainConfig.{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.warmup_fraction <= 1.0:
             raise ValueError(f"TrainConfig.warmup_fraction must be a fraction of all steps in [0, 1], got {self.warmup_fraction!r}")
         if math.isnan(self.grad_clip) or self.grad_clip <= 0:
@@ -231,13 +230,18 @@ def _prior_of(batch: ClipBatch, prior: np.ndarray | None, device: torch.device) 
     return {"prior": rows.gather(1, batch.slot_order).to(device)}
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, out of a DDP wrapper if it is in one."""
+    return model.module if hasattr(model, "module") else model
+
+
 def _wants_prior(model: torch.nn.Module) -> bool:
-    return getattr(model.module if hasattr(model, "module") else model, "accepts_prior", False)
+    return getattr(_unwrapped(model), "accepts_prior", False)
 
 
 def _packed(model: torch.nn.Module) -> bool:
     """Whether ``model`` (maybe DDP-wrapped) takes packed rows (faster: no padded (B, T, N, D) copy)."""
-    return getattr(model.module if hasattr(model, "module") else model, "accepts_packed", False)
+    return getattr(_unwrapped(model), "accepts_packed", False)
 
 
 def _autocast(runtime: Runtime, amp: bool):
@@ -393,10 +397,6 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _plain_state_dict(model: torch.nn.Module) -> dict:
-    return (model.module if hasattr(model, "module") else model).state_dict()
-
-
 def train(
     store: FeatureStore,
     run_dir: Path,
@@ -527,7 +527,7 @@ def train(
 
             # on a resume, events a crashed run wrote past its last checkpoint are hidden
             tensorboard = TensorBoardLogger(run_dir, purge_step=first_epoch + 1 if first_epoch else None)
-        diagnostics = getattr(model.module if hasattr(model, "module") else model, "diagnostics", None)
+        diagnostics = getattr(_unwrapped(model), "diagnostics", None)
         last_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, first_epoch + max_epochs_this_call)
         stopped_early = False
         for epoch in range(first_epoch, last_epoch):
@@ -588,7 +588,7 @@ def train(
             best = {"epoch": epoch + 1, "rank@1": val["rank@1"], "since": 0, "loss": val_loss} if improved else {**best, "since": best["since"] + 1}
             if runtime.is_main:
                 state = {
-                    "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _plain_state_dict(model),
+                    "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _unwrapped(model).state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                     "config": config_record, "fingerprint": store.fingerprint, "history": history, "best": best, "val": val,
                     "graph_history": graph_history,
@@ -612,7 +612,7 @@ def train(
         best_val = {}
         if finished and runtime.is_main and (run_dir / "best.pt").exists():
             state = load_checkpoint(run_dir / "best.pt")
-            (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+            _unwrapped(model).load_state_dict(state["model"])
             best_val = {"model": state["val"], **baselines}
             write_predictions(run_dir / "predictions.csv", score_dataset(model, val_data, Runtime(runtime.device), cfg.eval_batch_size, cfg.amp, val_prior), val_data)
             _plot_curves(run_dir, history)
