@@ -277,9 +277,20 @@ def _fit_and_select(name, param, grid, make, x: dict[str, np.ndarray], splits: d
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(fit_x, fit_y)
         val = splits["val"].metrics(_score(model, x["val"]))
-        if best is None or (val["rank@1"], val["mrr"]) > (best[1]["rank@1"], best[1]["mrr"]):
+        if best is None or _beats(val, best[1]):
             best = (float(value), val, model)
     return best
+
+
+def _beats(val: dict[str, float], best: dict[str, float]) -> bool:
+    """Whether val metrics beat the best so far: a higher Rank@1, then MRR (a tie keeps the earlier, simpler one)."""
+    return (val["rank@1"], val["mrr"]) > (best["rank@1"], best["mrr"])
+
+
+def _check_train_split(train: _Split, data: StoreDataset) -> None:
+    """Refuse a train split whose every labeled clip holds its target alone: nothing to tell apart."""
+    if train.is_target[train.labeled].all():
+        raise ConfigError(f"{data.store.location}: dataset {data.snapshot.name!r}: the train split needs a labeled clip with two or more persons for a probe")
 
 
 def _feature_sets(families: Sequence[str], persons: _Persons) -> list[tuple[str, np.ndarray]]:
@@ -458,11 +469,10 @@ def fit_probe(train: StoreDataset, val: StoreDataset) -> FittedProbe:
     geometry_columns = _geometry_columns(train.store)
     persons = {"train": _person_rows(train, geometry_columns), "val": _person_rows(val, geometry_columns)}
     splits = {"train": _Split(train, persons["train"]), "val": _Split(val, persons["val"])}
-    if splits["train"].is_target[splits["train"].labeled].all():
-        raise ConfigError(f"{train.store.location}: dataset {train.snapshot.name!r}: the train split needs a labeled clip with two or more persons for a probe")
+    _check_train_split(splits["train"], train)
     best = None
     for fit in _sweep_suite(train.families, persons, splits):
-        if best is None or (fit[5]["rank@1"], fit[5]["mrr"]) > (best[5]["rank@1"], best[5]["mrr"]):
+        if best is None or _beats(fit[5], best[5]):
             best = fit
     labeled = splits["train"].labeled
     probe = _fitted(best, train.families, geometry_columns, persons["train"].columns[labeled], splits["train"].is_target[labeled], 0.0)
@@ -502,9 +512,7 @@ def probe_store(
     geometry_columns = _geometry_columns(store)
     persons = {s: _person_rows(d, geometry_columns) for s, d in data.items()}
     splits = {s: _Split(data[s], persons[s]) for s in PROBE_SPLITS}
-    train = splits["train"]
-    if train.is_target[train.labeled].all():  # every labeled clip holds its target alone: nothing to tell apart
-        raise ConfigError(f"{store.location}: dataset {snapshot.name!r}: the train split needs a labeled clip with two or more persons")
+    _check_train_split(splits["train"], data["train"])
     say(f"probe: {persons['train'].columns.shape[0]} train persons, {len(data['val'])} val and {len(data['test'])} test clips")
 
     rows = [
