@@ -94,7 +94,9 @@ def test_gc_while_training_reads_the_store(tmp_path, cache_dir):
         trainer.kill()
         trainer.wait()
     result = CliRunner().invoke(main, ["cache", "gc", "--keep-last", "0"])
-    assert "freed" in result.output and not Path(summary.store).exists()  # collectable once training is gone
+    assert "used by 1 run" in result.output and Path(summary.store).exists()  # the run still needs it
+    result = CliRunner().invoke(main, ["cache", "gc", "--keep-last", "0", "--include-referenced"])
+    assert "freed" in result.output and not Path(summary.store).exists()  # collectable once training is gone, if told
 
 
 def test_disk_full_keeps_committed_clips_and_a_rerun_completes(tmp_path, cache_dir, monkeypatch):

@@ -26,6 +26,7 @@ from msgvip.pipelines.runs import (
     group_by_seed,
     groups_table,
     list_runs,
+    problems as runs_problems,
     runs_json,
     runs_table,
     shared_options,
@@ -38,7 +39,8 @@ from msgvip.store import FeatureStore
 SMALL_MODEL = RankerConfig(hidden=16, gat_heads=2, temporal_heads=2, event_heads=2, pool_heads=2, relation_heads=2, ff_mult=2)
 SPLITS = (("train", 40), ("val", 12), ("test", 60))
 EPOCHS = 6
-SETTING = TrainConfig(epochs=EPOCHS, batch_size=8, lr=3e-3, warmup_fraction=0.0, device="cpu", patience=100)
+# no probe: its prior would make every seed start, and here stay, at the same epoch 0 (the cue is the probe's)
+SETTING = TrainConfig(epochs=EPOCHS, batch_size=8, lr=3e-3, warmup_fraction=0.0, device="cpu", patience=100, probe=False)
 IN_PROCESS = ExtractConfig(num_workers=0)  # geometry of tiny clips: decode workers cost more than they save
 
 
@@ -110,7 +112,7 @@ def test_list_runs_shows_options_metrics_and_seed_groups(sweep):
         assert row.problem is None and row.preset == "msgvip" and row.epochs_run == EPOCHS, name
         assert row.options.items() >= {**common, **({"train.lr": 0.0} if name.endswith("lr-0") else {})}.items(), name
         assert not {"train.seed", "train.device", "model.max_frames"} & set(row.options)  # never set runs apart
-        assert {"val_rank@1", "val_mrr", "val_loss"} <= set(row.metrics) and 1 <= row.best_epoch <= EPOCHS
+        assert {"val_rank@1", "val_mrr", "val_loss"} <= set(row.metrics) and 0 <= row.best_epoch <= EPOCHS
     assert rows["sweep/seed-1"].seed == 1
     assert "train.lr=0.0" in rows["sweep/lr-0"].options_str and "train.lr=0.003" in rows["sweep/seed-0"].options_str
     # the best row is the trainer's best epoch: best.pt's val metrics
@@ -170,7 +172,8 @@ def test_a_run_from_before_an_option_shows_what_it_trained_with(sweep, tmp_path)
     (old,) = list_runs(run)
     assert {f"model.{k}": v for k, v in RECORD_DEFAULTS.items()}.items() <= old.options.items()
     (new,) = list_runs(runs / "seed-0")
-    assert not any(k in new.options for k in (f"model.{k}" for k in RECORD_DEFAULTS))
+    # (the fixture's runs train without a probe, so their model carries none: probe_prior is off in their record)
+    assert not any(k in new.options for k in (f"model.{k}" for k in RECORD_DEFAULTS if k != "probe_prior"))
 
 
 def test_damaged_runs_are_listed_with_their_problem(sweep, tmp_path):
@@ -201,7 +204,8 @@ def test_damaged_runs_are_listed_with_their_problem(sweep, tmp_path):
     # a damaged config is in no group; the rest still render, as table and as JSON
     assert all("bad-config" not in g.runs for g in group_by_seed(list(rows.values())))
     headers, cells = runs_table(list(rows.values()))
-    assert len(cells) == 6 and cells[0][headers.index("PROBLEM")] == problems["bad-config"]
+    assert len(cells) == 6 and cells[0][headers.index("OK")] == "no" and cells[3][headers.index("OK")] == "yes"
+    assert runs_problems(list(rows.values()))[0] == f"bad-config: {problems['bad-config']}"
     assert json.loads(json.dumps(json_ready(runs_json(list(rows.values()), []))))["runs"][3]["name"] == "good"
     with pytest.raises(ConfigError, match="no such folder of runs"):
         list_runs(tmp_path / "nowhere")
@@ -225,10 +229,10 @@ def test_sort_and_render(sweep):
     headers, cells = runs_table(rows)
     by_name = {c[0]: c for c in cells}
     assert by_name["seed-0"][headers.index("OPTIONS")] == "train.lr=0.003" and by_name["lr-0"][headers.index("OPTIONS")] == "train.lr=0.0"
-    assert by_name["seed-0"][headers.index("TEST_RANK@1")].count("[") == 1  # the value and its interval
+    assert by_name["seed-0"][headers.index("TEST R@1")].count("[") == 1  # the value and its interval
     headers, cells = groups_table(group_by_seed(rows), shared)
     assert len(cells) == 1 and cells[0][headers.index("SEEDS")] == "0,1" and cells[0][headers.index("OPTIONS")] == "train.lr=0.003"
-    assert "±" in cells[0][headers.index("VAL_MRR")]
+    assert "±" in cells[0][headers.index("VAL R@1")]
     record = json.loads(json.dumps(json_ready(runs_json(rows, group_by_seed(rows))), allow_nan=False))
     assert {r["name"] for r in record["runs"]} == {"seed-0", "seed-1", "lr-0"} and record["groups"][0]["seeds"] == [0, 1]
     assert runs_json([], []) == {"runs": [], "groups": []}
@@ -267,3 +271,27 @@ def test_compare_refuses_runs_on_different_clips(sweep, tmp_path):
     other = FeatureStore.open(Path(run_extract(data, IN_PROCESS, cache_dir=tmp_path / "cache", progress=False).store))
     with pytest.raises(ConfigError, match=r"seed-0 and \S*seed-1 are not scored on the same clips of split 'val': 12 only in \S*seed-0, 3 only in \S*seed-1 \(e.g. val/"):
         compare_runs(runs / "seed-0", runs / "seed-1", store, split="val", store_b=other)
+
+
+def test_runs_ls_groups_what_differs_only_where_it_runs_and_fits_120_columns(sweep, tmp_path):
+    from click.testing import CliRunner
+
+    from msgvip.cli import main
+
+    _, runs = sweep
+    folder = tmp_path / "runs"
+    shutil.copytree(runs, folder)
+    for name, changes in (("seed-2", {"seed": 2, "logger": "tensorboard", "keep": "best", "threads": 1, "device": "cuda"}),
+                          ("odd-lr", {"lr": 0.0027082428815641815, "weight_decay": 0.123456789, "margin": 0.77777777, "pairwise_weight": 0.3333333})):  # fmt: skip
+        shutil.copytree(runs / "seed-1", folder / name)
+        config = json.loads((folder / name / "config.json").read_text())
+        config["train"].update(changes)
+        (folder / name / "config.json").write_text(json.dumps(config))
+    (group,) = [g for g in group_by_seed(list_runs(folder)) if len(g.runs) > 1]
+    assert group.runs == ("seed-0", "seed-1", "seed-2")
+    result = CliRunner().invoke(main, ["runs", "ls", str(folder)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert max(map(len, result.output.splitlines())) <= 120, result.output
+    wide = CliRunner().invoke(main, ["runs", "ls", str(folder), "--wide"], env={"COLUMNS": "120"})
+    assert "train.lr=0.00271 " in wide.output and "0.0027082428815641815" not in wide.output
+    assert "VAL MRR" in wide.output and "VAL MRR" not in result.output

@@ -60,11 +60,13 @@ def test_train_takes_settings_and_refuses_unknown_ones(tmp_path: Path, cache_dir
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("batch_size", 0, "batch_size must be >= 1"), ("eval_batch_size", 0, "eval_batch_size must be >= 1"), ("epochs", 0, "epochs must be >= 1"),
-        ("patience", -1, "patience must be >= 1"), ("lr", -1.0, "lr must be a finite number >= 0"), ("lr", float("nan"), "lr must be a finite number >= 0"),
-        ("weight_decay", -1.0, "weight_decay must be a finite number >= 0"), ("margin", float("nan"), "margin must be a finite number >= 0"),
-        ("warmup_fraction", 5.0, r"warmup_fraction must be a fraction of all steps in \[0, 1\]"), ("grad_clip", -1.0, "grad_clip must be > 0"),
-        ("grad_clip", 0.0, "grad_clip must be > 0"), ("in_memory", "maybe", "in_memory must be 'auto', 'yes' or 'no'"), ("threads", -2, "threads must be >= 0"),
+        ("batch_size", 0, "batch_size must be an integer >= 1, got 0"), ("eval_batch_size", 0, "eval_batch_size must be an integer >= 1"),
+        ("epochs", 0, "epochs must be an integer >= 1"), ("patience", -1, "patience must be an integer >= 1"), ("lr", -1.0, "lr must be a finite number >= 0"),
+        ("lr", float("nan"), "lr must be a finite number >= 0, got nan"), ("weight_decay", -1.0, "weight_decay must be a finite number >= 0"),
+        ("margin", float("nan"), "margin must be a finite number >= 0"), ("warmup_fraction", 5.0, r"warmup_fraction must be a finite number in \[0, 1\]"),
+        ("grad_clip", -1.0, r"grad_clip must be a number > 0 \(inf: no clipping\), got -1.0"), ("grad_clip", 0.0, "grad_clip must be a number > 0"),
+        ("in_memory", "maybe", r"in_memory must be one of \['auto', 'yes', 'no'\], got 'maybe'"), ("threads", -2, "threads must be an integer in \\[0, 4096\\]"),
+        ("probe_p_value", 0.0, r"probe_p_value must be a finite number in \(0, 1\]"), ("seed", -1, "seed must be an integer in"),
     ],
 )  # fmt: skip
 def test_a_training_value_out_of_range_is_refused_before_any_work(field, value, message):

@@ -18,6 +18,7 @@ from msgvip.config import ConfigError, ExtractConfig
 from msgvip.pipelines import run_extract
 from msgvip.pipelines.runs import group_by_seed, list_runs
 from msgvip.pipelines.sweep import WorkerReport, format_summary, read_space, run_sweep
+from msgvip.ranker.trainer import load_checkpoint
 from msgvip.store import FeatureStore
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "sweep_space.toml"
@@ -138,6 +139,9 @@ def test_grid_visits_every_point_across_reruns_and_fails_only_bad_combinations(s
     failed = [t for t in trials if t.state == "failed"]
     assert sorted(t.params["model.hidden"] for t in failed) == [10, 10] and all(str(space) in t.message and "\n" not in t.message for t in failed)
     assert all(t.state == "complete" and (out / f"trial-{t.number}-seed-0" / "best.pt").is_file() for t in trials if t not in failed)
+    kept = [sorted(p.name for p in (out / f"trial-{t.number}-seed-0").glob("*.pt")) for t in trials if t not in failed]
+    assert kept == [["best.pt"]] * 2  # a trial keeps one checkpoint, without optimizer state
+    assert all("optimizer" not in load_checkpoint(out / f"trial-{t.number}-seed-0" / "best.pt") for t in trials if t not in failed)
 
     done = run_sweep(store, space, out, progress=False)
     assert done.trials == () and done.study_trials == 4 and done.best == max((t for t in trials if t not in failed), key=lambda t: (t.value, t.mrr, -t.number))
@@ -178,6 +182,12 @@ def test_jobs_run_trials_in_worker_processes_that_read_the_store_once_and_end(st
         ("[sweep]\nprune_startup_trials = -1\n[train]\nlr = [1e-3]\n", "sweep.prune_startup_trials", "0 or more"),
         ("[sampler]\nname = 'tpe'\n", "unknown section [sampler]", ""),
         ("[train\n", "invalid TOML", "line 1"),
+        ("[train]\nepochs = 0\nlr = [1e-3]\n", "train.epochs", "must be an integer >= 1, got 0"),
+        ("[train]\nbatch_size = {low = 0, high = 0}\n", "train.batch_size", "must be an integer >= 1, got 0"),
+        ("[train]\ngrad_clip = [1.0, -1.0]\n", "train.grad_clip", "must be a number > 0 (inf: no clipping), got -1.0"),
+        ("[model]\nhidden = {low = 16, high = 1099511627776}\n", "model.hidden", "must be an integer in [1, 65536], got 1099511627776"),
+        ("[train]\nlr = {low = 1e-4, high = 1e400}\n", "train.lr.high", "finite"),
+        ("[train]\nlr = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply", ""),
     ],
 )
 def test_bad_space_files_are_one_line_errors_naming_file_and_key(tmp_path, text, key, problem):
@@ -187,6 +197,24 @@ def test_bad_space_files_are_one_line_errors_naming_file_and_key(tmp_path, text,
         read_space(path)
     message = str(err.value)
     assert message.startswith(f"{path}: ") and key in message and problem in message and "\n" not in message
+
+
+def test_a_grid_too_large_to_list_is_refused_with_its_size(tmp_path):
+    keys = ("lr", "weight_decay", "margin", "pairwise_weight", "min_delta")  # 100 choices each: 10^10 points
+    path = tmp_path / "space.toml"
+    path.write_text("[train]\n" + "".join(f"{key} = {[round(0.001 * (i + 1), 3) for i in range(100)]}\n" for key in keys))
+    with pytest.raises(ConfigError, match=r"a grid of 1e\+10 points .* at most 100,000 can be run"):
+        read_space(path)
+
+
+def test_set_fixes_a_value_for_every_trial_and_refuses_a_searched_one(tmp_path):
+    space = write_space(tmp_path / "space.toml", "lr = [1e-3, 2e-3]")
+    fixed = read_space(space, settings=["model.hidden=32", "train.epochs=2"]).fixed
+    assert (fixed["model"]["hidden"], fixed["train"]["epochs"]) == (32, 2) and read_space(space).fixed["model"].get("hidden") != 32
+    with pytest.raises(ConfigError, match=r"--set train.lr: .* searches it"):
+        read_space(space, settings=["train.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"--set model.hidden: RankerConfig.hidden must be an integer in \[1, 65536\], got 0"):
+        read_space(space, settings=["model.hidden=0"])
 
 
 def test_sweep_refuses_counts_and_storage_it_cannot_use(store, tmp_path):

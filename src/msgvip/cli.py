@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -23,7 +24,7 @@ from .extract.registry import UnknownFeatureError
 from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
 from .store import cache as cache_mod
 from .store.compact import compact as compact_store
-from .store.feature_store import StoreError
+from .store.feature_store import SCHEMA_VERSION, StoreError
 from .store.locks import LockTimeout
 from .store.storage import StorageError, object_store_errors, parse_storage_options
 
@@ -173,15 +174,25 @@ def print_json(record) -> None:
     click.echo(json.dumps(json_ready(record), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], shrink: str | None = None, width: int | None = None) -> None:
+    """Rows under their headers in aligned columns; a line wider than ``width`` (default: the
+    terminal's, else 120) cuts the cells of column ``shrink`` to fit, ending them with …."""
     cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if shrink is not None:
+        column = list(headers).index(shrink)
+        over = sum(widths) + 2 * (len(widths) - 1) - (width or shutil.get_terminal_size((120, 24)).columns)
+        if over > 0:
+            widths[column] = max(len(shrink), 12, widths[column] - over)
+            for row in cells:
+                if len(row[column]) > widths[column]:
+                    row[column] = row[column][: widths[column] - 1] + "…"
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 @click.group(cls=MsgvipGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="msgvip")
+@click.version_option(package_name="msgvip", message=f"%(prog)s %(version)s (writes and reads store schema {SCHEMA_VERSION})")
 @click.option("--debug", is_flag=True, envvar="MSGVIP_DEBUG", show_envvar=True, help="Let errors through with their traceback, for bug reports.")
 def main(debug: bool) -> None:
     """msgvip: extract frozen-backbone features once into a fingerprinted Zarr store, then train
@@ -332,7 +343,7 @@ def _earlier_run(run_dir: Path, overwrite: bool) -> list[Path]:
         return []
     if not overwrite:
         raise click.UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    return [run_dir / name for name in RUN_FILES]
+    return [run_dir / name for name in RUN_FILES] + sorted(run_dir.glob("predictions-*.csv")) + [run_dir / "evaluate-test.json"]
 
 
 def _default_run_dir(fingerprint: str) -> Path:
@@ -347,7 +358,8 @@ def _default_run_dir(fingerprint: str) -> Path:
 @model_options
 @cache_dir_option
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<time>-<fingerprint>].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML with [model] and [train] sections.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON or TOML with [model] and [train] sections, or a run's config.json.")
+@click.option("--from-run", "from_run", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Start from the settings RUN trained with (its config.json); --config, --set and flags go over them.")
 @click.option("--model", "preset", type=click.Choice(sorted(_presets())), help="Model preset [default: the config file's model.preset, else msgvip].")
 @click.option("--epochs", type=int, help="Epochs [default: 30].")
 @click.option("--batch-size", type=int, help="Clips per step [default: 8].")
@@ -358,7 +370,7 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--in-memory", type=click.Choice(["auto", "yes", "no"]), help="Hold the splits in RAM or stream them [default: auto].")
 @click.option("--logger", type=click.Choice(["csv", "tensorboard"]), help="csv: metrics.csv only; tensorboard: also scalars in RUN/tb/ for `tensorboard --logdir` [default: csv].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV overriding labels and/or splits: clip_id, content_hash or path column, then target and/or split.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest.pt, with its own settings and store (flags may add epochs or change the device).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out: its checkpoints, metrics and predictions are removed first.")
 @dataset_option
 @click.option("--allow-duplicates", is_flag=True, help="Train even when the same clip content sits in two splits (recorded in config.json).")
@@ -366,26 +378,36 @@ def _default_run_dir(fingerprint: str) -> Path:
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="One model or train setting, typed and checked like the config file, e.g. --set model.hidden=32 --set train.lr=2e-3 (repeatable; over --config).")
 @user_errors
-def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, preset, epochs, batch_size, lr, seed, device, patience, in_memory, logger, labels,
-          resume, overwrite, dataset, allow_duplicates, no_probe, settings, **model_fields) -> None:  # fmt: skip
+def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, from_run, preset, epochs, batch_size, lr, seed, device, patience, in_memory, logger,
+          labels, resume, overwrite, dataset, allow_duplicates, no_probe, settings, **model_fields) -> None:  # fmt: skip
     """Train the ranker on a dataset's train split, selecting on its val split. With --data the
     dataset is DATA's own snapshot; with --store, --dataset names one (default: the only one)."""
-    from .pipelines.train import store_for_training, train_configs
+    from .pipelines.train import resume_configs, store_for_training, store_of_run, train_configs
     from .ranker import read_label_overrides, train as train_run
+    from .ranker.trainer import run_config
 
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; pass one")
+    if resume and from_run is not None:
+        raise click.UsageError("--resume continues the run in --out with its own settings; --from-run starts a new run: pass one")
     if store_ref is not None:
         _refuse_extraction_flags(model_fields)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "patience": patience, "in_memory": in_memory, "logger": logger,
                  "probe": False if no_probe else None}  # fmt: skip
-    train_config, model_config = train_configs(config_file, overrides, preset, settings)
+    resuming = resume and (run_dir / "config.json").exists()
+    if resuming:
+        train_config, model_config = resume_configs(run_dir, config_file, overrides, preset, settings)
+    else:
+        train_config, model_config = train_configs(config_file, overrides, preset, settings, from_run)
     if train_config.device != "auto":  # auto picks what exists
         check_device(train_config.device)
     earlier = _earlier_run(run_dir, overwrite) if run_dir is not None and not resume else []
-    store, dataset, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir, dataset=dataset, storage_options=storage_options)
+    if resuming and store_ref is None and data is None:  # the store the run trained on, and its dataset
+        store, dataset = store_of_run(run_dir, cache_dir, storage_options), dataset or run_config(run_dir).get("dataset")
+    else:
+        store, dataset, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir, dataset=dataset, storage_options=storage_options)
     # removed only now that the store is found, so a failed lookup leaves the old run whole; every
     # torchrun rank may get here, and none writes before all have (the process group waits for them)
     for path in earlier:
@@ -402,10 +424,15 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, pre
     if summary.val:
         click.echo(f"best epoch {summary.best_epoch} of {summary.epochs_run}{' (stopped early)' if summary.stopped_early else ''}, "
                    f"{summary.seconds_per_epoch:.1f} s/epoch, {100 * summary.data_wait_fraction:.1f}% waiting for data")
+        if summary.best_epoch == 0 and train_config.keep != "latest":
+            click.echo(f"epoch 0 is the model before training, which ranks as its probe: no epoch beat the probe on val at p <= {train_config.probe_p_value:g} "
+                       "(train.probe_p_value), so the run keeps it")
         click.echo(f"\nval split (the split the best epoch was chosen on), {summary.val['model']['n']} labeled clips:")
         _print_metrics_table(summary.val)
         if summary.below_probe:
             click.echo(summary.below_probe)
+    if summary.checkpoints:
+        click.echo("kept " + ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in summary.checkpoints.items()))
     click.echo(f"run: {summary.run_dir}  ({summary.seconds:.0f} s)")
 
 
@@ -422,11 +449,13 @@ def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: 
     from .pipelines.runs import EVALUATE_FILE
     from .pipelines.train import store_of_run
     from .ranker import evaluate_run, read_label_overrides
-    from .ranker.trainer import run_config
+    from .ranker.trainer import predictions_file, run_config
 
     store = store_of_run(run_dir, cache_dir, storage_options)
-    result = evaluate_run(run_dir, store, split, labels=read_label_overrides(labels) if labels else None, dataset=dataset)
-    if split == "test" and labels is None and dataset in (None, run_config(run_dir).get("dataset")):
+    own = labels is None and dataset in (None, run_config(run_dir).get("dataset"))  # the run's own data, labels and splits
+    predictions = run_dir / predictions_file(split) if own else None  # the scores every figure of the run's split is computed from
+    result = evaluate_run(run_dir, store, split, labels=read_label_overrides(labels) if labels else None, dataset=dataset, predictions=predictions)
+    if split == "test" and own:
         # the run's own test metrics, which `msgvip runs ls` lists; other labels or datasets would not compare between runs
         (run_dir / EVALUATE_FILE).write_text(json.dumps(json_ready(result), indent=2, sort_keys=True, allow_nan=False) + "\n")
     if as_json:
@@ -437,6 +466,8 @@ def evaluate(run_dir: Path, split: str, cache_dir: str | None, storage_options: 
     _print_metrics_table(result)
     if result.get("below_probe"):
         click.echo(result["below_probe"])
+    if predictions is not None:
+        click.echo(f"per-person scores: {predictions}")
 
 
 @main.command()
@@ -537,9 +568,10 @@ def probe(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
 @click.option("--storage", help="Optuna RDB URL of the study; a PostgreSQL one lets several machines join it [default: sqlite:///OUT/study.db].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Sweep folder: one run directory per trial and seed; names the study [default: runs/sweep-<time>-<fingerprint>].")
 @click.option("--model", "preset", type=click.Choice(sorted(_presets())), help="Model preset [default: the space's model.preset, else msgvip].")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="A value fixed for every trial, over the space file's, as for `msgvip train --set` (repeatable).")
 @user_errors
 def sweep(store_ref: str, cache_dir: str | None, storage_options: dict, dataset: str | None, space_file: Path, trials: int | None, seeds: int,
-          jobs: int, storage: str | None, out: Path | None, preset: str | None) -> None:  # fmt: skip
+          jobs: int, storage: str | None, out: Path | None, preset: str | None, settings: tuple[str, ...]) -> None:  # fmt: skip
     """Search training and model options with an Optuna study (TPE, or a grid when the space
     holds lists only; median pruning on val Rank@1 per epoch). Each trial is an ordinary run
     directory in OUT; rerunning with the same OUT adds trials to the same study. See the runs with
@@ -550,7 +582,7 @@ def sweep(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
 
     store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
     out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{store.fingerprint[:8]}"
-    summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset)
+    summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset, settings=settings)
     click.echo(format_summary(summary))
 
 
@@ -562,12 +594,14 @@ def runs() -> None:
 @runs.command("ls")
 @click.argument("root", metavar="[DIR]", required=False, default=Path("runs"), type=click.Path(file_okay=False, path_type=Path))
 @click.option("--sort", "sort_by", metavar="METRIC", help="Best first by a val_* or test_* metric, e.g. val_rank@1 or test_mrr [default: by name].")
+@click.option("--wide", is_flag=True, help="Every metric, and options uncut, however wide the lines get.")
 @json_option
 @user_errors
-def runs_ls(root: Path, sort_by: str | None, as_json: bool) -> None:
+def runs_ls(root: Path, sort_by: str | None, wide: bool, as_json: bool) -> None:
     """The runs in DIR (default: runs), up to two folders deep: what sets each apart from its
     preset's defaults, its best val and its test metrics (from `msgvip evaluate`), and mean ± std
-    over the seeds of each setting. A damaged run is listed with its problem."""
+    over the seeds of each setting. A damaged run, or one whose store is gone, is listed with its
+    problem below the table."""
     from .pipelines import runs as runs_mod
 
     rows = runs_mod.list_runs(root)
@@ -577,12 +611,16 @@ def runs_ls(root: Path, sort_by: str | None, as_json: bool) -> None:
     if as_json:
         print_json(runs_mod.runs_json(rows, groups))
         return
+    shrink = None if wide else "OPTIONS"
     if runs_mod.shared_options_str(rows):
-        click.echo(f"all runs: {runs_mod.shared_options_str(rows)}")
-    print_table(*runs_mod.runs_table(rows))
+        text = f"all runs: {runs_mod.shared_options_str(rows)}"
+        click.echo(text if wide else textwrap.fill(text, shutil.get_terminal_size((120, 24)).columns, subsequent_indent="  ", break_on_hyphens=False))
+    print_table(*runs_mod.runs_table(rows, wide), shrink=shrink)
     if groups:
         click.echo("over seeds (mean ± std):")
-        print_table(*runs_mod.groups_table(groups, runs_mod.shared_options(rows)))
+        print_table(*runs_mod.groups_table(groups, runs_mod.shared_options(rows), wide), shrink=shrink)
+    for line in runs_mod.problems(rows):
+        click.echo(f"problem: {line}")
     click.echo(f"{len(rows)} runs in {root}, {sum(r.problem is not None for r in rows)} with a problem")
 
 
@@ -681,10 +719,10 @@ def cache_ls(cache_dir: str | None, storage_options: dict, as_json: bool, quiet:
     else:
         rows = [
             [s.fingerprint[:12], ",".join(s.features) or "-", ",".join(s.models) or "-", ",".join(s.datasets) or "-", s.clips,
-             s.size_on_disk_str, s.created_str if s.created else "-", s.last_used_str if s.last_used else "-", "yes" if s.pinned else "", s.state_str]
+             s.size_on_disk_str, s.created_str if s.created else "-", s.last_used_str if s.last_used else "-", len(s.runs), "yes" if s.pinned else "", s.state_str]
             for s in scan.stores
         ]  # fmt: skip
-        print_table(["FINGERPRINT", "FEATURES", "MODELS", "DATASETS", "CLIPS", "SIZE", "CREATED", "LAST USED", "PINNED", "STATE"], rows)
+        print_table(["FINGERPRINT", "FEATURES", "MODELS", "DATASETS", "CLIPS", "SIZE", "CREATED", "LAST USED", "RUNS", "PINNED", "STATE"], rows)
         click.echo(f"\n{len(scan.stores)} stores, {cache_mod.human_size(scan.size_on_disk)} on disk in {root.url}")
 
 
@@ -764,11 +802,13 @@ def cache_compact(fingerprint: str, cache_dir: str | None, storage_options: dict
 @click.option("--max-size", help="Evict least recently used stores until the cache fits (e.g. 20G).")
 @click.option("--incomplete", is_flag=True, help="Remove stores whose last extraction did not complete.")
 @click.option("--old-schema", is_flag=True, help="Remove stores written by an older msgvip (they cannot be read; rebuild them with extract).")
+@click.option("--include-referenced", is_flag=True, help="Also remove stores that training runs use (their runs can no longer be evaluated).")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
 @user_errors
 def cache_gc(cache_dir: str | None, storage_options: dict, keep_last: int | None, older_than: str | None, max_size: str | None,
-             incomplete: bool, old_schema: bool, dry_run: bool) -> None:  # fmt: skip
-    """Remove stores by policy. Pinned stores, stores in use and damaged stores are never removed."""
+             incomplete: bool, old_schema: bool, include_referenced: bool, dry_run: bool) -> None:  # fmt: skip
+    """Remove stores by policy. Pinned stores, stores in use and damaged stores are never removed;
+    stores a run uses (it registered when it trained) only with --include-referenced."""
     try:
         older = cache_mod.parse_duration(older_than) if older_than else None
         size = cache_mod.parse_size(max_size) if max_size else None
@@ -776,7 +816,8 @@ def cache_gc(cache_dir: str | None, storage_options: dict, keep_last: int | None
         raise click.BadParameter(str(err)) from None
     root = cache_mod.cache_root(cache_dir, storage_options)
     scan = cache_mod.scan_cache(root)
-    plan = cache_mod.plan_gc(scan, keep_last=keep_last, older_than=older, max_size=size, incomplete=incomplete, old_schema=old_schema)
+    plan = cache_mod.plan_gc(scan, keep_last=keep_last, older_than=older, max_size=size, incomplete=incomplete, old_schema=old_schema,
+                             include_referenced=include_referenced)  # fmt: skip
     for info, reason in plan.spared:
         click.echo(f"keep   {info.fingerprint[:12]}  {info.size_on_disk_str:>7}  {reason}")
     for info, reason in plan.delete:
@@ -787,7 +828,7 @@ def cache_gc(cache_dir: str | None, storage_options: dict, keep_last: int | None
     if not plan.delete:
         click.echo(f"nothing to remove in {root.url}")
         return
-    outcomes = cache_mod.execute_gc(plan, root)
+    outcomes = cache_mod.execute_gc(plan, root, include_referenced)
     for info, outcome in outcomes:
         if outcome != "deleted":
             click.echo(f"{info.fingerprint[:12]}: {outcome}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,9 +84,13 @@ RUNTIME_FIELDS = ("batch_size", "num_workers", "device", "local_files_only", "ma
 CONFIG_SECTIONS = ("model", "train")
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, dict]:
+def read_config_file(path: str | os.PathLike, run_sections: Callable[[dict], dict[str, dict]] | None = None) -> dict[str, dict]:
     """The sections of a TOML (``.toml``) or JSON (``.json``) config file, e.g.
     ``{"model": {"hidden": 64}, "train": {"epochs": 10}}``; either section may be missing.
+
+    A run's own config.json is read as the sections it trained with (``run_sections(record)``,
+    by default its ``model`` with ``preset`` = its ``model_preset``, and its ``train``); the
+    record's other fields (store, probe, runtime, ...) describe the run and are not settings.
 
     Plain data only, never executed. Any other format, malformed text (with the line and column
     where the parser gives them), JSON's non-standard NaN/Infinity, a key given twice, an unknown
@@ -112,8 +116,14 @@ def read_config_file(path: str | os.PathLike) -> dict[str, dict]:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     except ValueError as err:  # from the two hooks, which know no position
         raise ConfigError(f"{path}: invalid JSON: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid {suffix[1:].upper()}: arrays or objects nested too deeply for a config file") from None
     if not isinstance(record, dict):
         raise ConfigError(f"{path}: the top level must be an object with 'model' and/or 'train' sections, got {type(record).__name__}")
+    if is_run_record(record):
+        for name in CONFIG_SECTIONS:
+            _table(record[name], path, name)
+        record = (run_sections or _run_sections)(record)
     unknown = sorted(set(record) - set(CONFIG_SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown sections {unknown}; use {list(CONFIG_SECTIONS)}")
@@ -121,6 +131,22 @@ def read_config_file(path: str | os.PathLike) -> dict[str, dict]:
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
     return record
+
+
+def is_run_record(record: Mapping) -> bool:
+    """Whether a config file's top level is the config.json a run wrote (``msgvip train --config
+    RUN/config.json`` reads the settings it trained with; see `read_config_file`)."""
+    return all(key in record for key in ("fingerprint", "model", "train"))
+
+
+def _run_sections(record: dict) -> dict[str, dict]:
+    return {"model": {"preset": record.get("model_preset", "msgvip"), **record["model"]}, "train": record["train"]}
+
+
+def _table(section: object, path: Path, name: str) -> dict:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
+    return section
 
 
 def parse_settings(pairs: Sequence[str], source: str = "--set") -> dict[str, dict]:
@@ -141,7 +167,7 @@ def parse_settings(pairs: Sequence[str], source: str = "--set") -> dict[str, dic
             raise ConfigError(f"{source} {pair!r}: unknown section {section!r}; use {list(CONFIG_SECTIONS)}")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             value = text.strip()
         if name in sections.setdefault(section, {}):
             raise ConfigError(f"{source} {key}: given twice; give it once")

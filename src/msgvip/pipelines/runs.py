@@ -34,11 +34,14 @@ from ..config import ConfigError
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.trainer import PROBE_FILE, TrainConfig, best_epoch, read_metrics, run_config, scored_split
-from ..store.feature_store import FeatureStore
+from ..store.cache import cache_root
+from ..store.feature_store import META_FILE, FeatureStore, StoreError
+from ..store.storage import StorageError
+from .train import store_gone
 
 __all__ = [
     "EVALUATE_FILE", "RunRow", "SeedGroup", "compare_runs", "compare_with_probe", "comparison_summary_str", "comparison_table",
-    "group_by_seed", "groups_table", "interval_str", "list_runs", "metric_str", "runs_json", "runs_table", "shared_options",
+    "group_by_seed", "groups_table", "interval_str", "list_runs", "metric_str", "problems", "runs_json", "runs_table", "shared_options",
     "shared_options_str", "sort_runs",
 ]  # fmt: skip
 
@@ -54,11 +57,13 @@ MAX_DEPTH = 2
 # Options that do not change what a run learns (or, for seed, are what a group averages over),
 # so they never set runs apart. max_frames is raised by `train` to the longest clip of the data,
 # not chosen by the user.
-IGNORED_TRAIN = frozenset({"seed", "device", "in_memory", "eval_batch_size", "logger", "probe"})
+# what changes where a run runs or what it keeps, never what it learns: runs differing only by these are one setting
+IGNORED_TRAIN = frozenset({"seed", "device", "in_memory", "eval_batch_size", "logger", "probe", "keep", "threads", "amp"})
 IGNORED_MODEL = frozenset({"max_frames"})
 
 #: Metric columns of the tables, in order; ``probe_*`` are the run's own probe baseline.
 TABLE_METRICS = ("val_rank@1", "probe_val_rank@1", "val_mrr", "test_rank@1", "probe_test_rank@1", "test_mrr")
+NARROW_METRICS = ("val_rank@1", "probe_val_rank@1", "test_rank@1", "probe_test_rank@1")  # what fits 120 columns
 
 
 def metric_str(value: float | None) -> str:
@@ -143,7 +148,12 @@ def _options_str(options: dict[str, Any]) -> str:
 
 
 def _value_str(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if isinstance(value, list):
+        return ",".join(map(_value_str, value))
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.3g}"  # lr=0.00271, not 0.0027082428815641815
+    return text if any(c in text for c in ".en") else f"{text}.0"  # 0.0 stays a float (e, inf and nan too)
 
 
 # ---------------------------------------------------------------------------------------- listing
@@ -180,12 +190,12 @@ def _read_run(name: str, folder: Path) -> RunRow:
         preset = str(config.get("model_preset", DEFAULT_PRESET))
         options, options_problem = _options(preset, train, config["model"])
         families = tuple(map(str, config["families"]))
-        min_delta = float(train.get("min_delta", TrainConfig().min_delta))
+        selection = (float(train.get("min_delta", TrainConfig().min_delta)), float(train.get("probe_p_value", TrainConfig().probe_p_value)), train.get("keep") == "latest")
     except ConfigError as err:
         return RunRow(name=name, path=str(folder), problem=str(err))
     except (TypeError, ValueError, AttributeError) as err:  # keys of the wrong type: written by hand or by something else
         return RunRow(name=name, path=str(folder), problem=f"{folder / 'config.json'}: not an msgvip run config ({type(err).__name__}: {err})")
-    epochs, best_epoch, val, val_problem = _best_val(folder, min_delta)
+    epochs, best_epoch, val, val_problem = _best_val(folder, *selection)
     probe = config.get("probe") if isinstance(config.get("probe"), dict) else {}
     if isinstance(probe.get("val"), dict) and isinstance(probe["val"].get("rank@1"), (int, float)):
         val["probe_val_rank@1"] = float(probe["val"]["rank@1"])
@@ -194,8 +204,20 @@ def _read_run(name: str, folder: Path) -> RunRow:
         name=name, path=str(folder), preset=preset, options=options, seed=train.get("seed"),
         fingerprint=str(config["fingerprint"]), dataset=config.get("dataset"), families=families,
         epochs_run=epochs, best_epoch=best_epoch, metrics={**val, **test}, intervals=intervals, test_clips=test_clips,
-        problem="; ".join(p for p in (options_problem, val_problem, test_problem) if p) or None,
+        problem="; ".join(p for p in (options_problem, val_problem, test_problem, _store_problem(config)) if p) or None,
     )  # fmt: skip
+
+
+def _store_problem(config: dict) -> str | None:
+    """Why the store a run trained on cannot be used, where that is known without a network
+    call: its local cache root no longer holds it."""
+    try:
+        root = cache_root(config.get("cache_root"))
+    except (StorageError, StoreError, ValueError, OSError):
+        return None
+    if root.local_path is None or (root.local_path / str(config["fingerprint"]) / META_FILE).is_file():
+        return None
+    return store_gone(config, root.url)
 
 
 def _options(preset_name: str, train: dict, model: Any) -> tuple[dict[str, Any], str | None]:
@@ -216,21 +238,23 @@ def _differing(section: str, values: dict, defaults: dict, ignored: frozenset[st
     return {f"{section}.{k}": v for k, v in values.items() if k not in ignored and (k not in defaults or defaults[k] != v)}
 
 
-def _best_val(folder: Path, min_delta: float) -> tuple[int, int | None, dict[str, float], str | None]:
-    """(epochs run, best epoch, its ``val_*`` metrics, problem) from metrics.csv, the best epoch
-    chosen by the trainer's own rule (``improves``)."""
+def _best_val(folder: Path, min_delta: float, probe_p_value: float, latest: bool) -> tuple[int, int | None, dict[str, float], str | None]:
+    """(epochs trained, kept epoch, its ``val_*`` metrics, problem) from metrics.csv, the kept epoch
+    chosen by the trainer's own rule (``best_epoch``; 0: the probe, before training), or the last
+    one in a run that kept only its ``latest`` checkpoint."""
     path = folder / "metrics.csv"
     if not path.exists():
         return 0, None, {}, f"{path}: missing (no epoch finished)"
     try:
         history = read_metrics(folder)
-        best_row = best_epoch(history, min_delta)
+        best_row = (history[-1] if history else None) if latest else best_epoch(history, min_delta, probe_p_value)
+        trained = sum(int(row["epoch"]) > 0 for row in history)
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
         return 0, None, {}, f"{path}: unreadable ({type(err).__name__}: {err}); the run directory is damaged"
     if best_row is None:
-        return len(history), None, {}, None
+        return trained, None, {}, None
     val = {k: float(v) for k, v in best_row.items() if k.startswith("val_")}
-    return len(history), int(best_row["epoch"]), val, None
+    return trained, int(best_row["epoch"]), val, None
 
 
 def _test_metrics(folder: Path) -> tuple[dict[str, float], dict[str, list[float]], int | None, str | None]:
@@ -297,27 +321,41 @@ def shared_options_str(rows: Sequence[RunRow]) -> str:
     return _options_str(shared_options(rows))
 
 
-def runs_table(rows: Sequence[RunRow]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of ``msgvip runs ls``: OPTIONS without the :func:`shared_options`, test
-    metrics with their 95% intervals."""
+def _metric_headers(metrics: Sequence[str]) -> list[str]:
+    """``probe_val_rank@1`` -> ``PROBE VAL``: a table's headers are as narrow as its values."""
+    return [m.upper().replace("_RANK@1", " R@1").replace("_", " ").replace(" R@1", "") if m.startswith("probe_") else m.upper().replace("_RANK@", " R@").replace("_", " ")
+            for m in metrics]  # fmt: skip
+
+
+def runs_table(rows: Sequence[RunRow], wide: bool = False) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of ``msgvip runs ls``: OPTIONS without the :func:`shared_options`, the
+    headline metrics (test Rank@1 with its 95% interval), every metric of :data:`TABLE_METRICS`
+    with ``wide``. Problems are not a column: see :func:`problems`."""
     shared = shared_options(rows)
-    headers = ["RUN", "PRESET", "OPTIONS", "SEED", "STORE", "EPOCHS", *(m.upper() for m in TABLE_METRICS), "PROBLEM"]
+    metrics = TABLE_METRICS if wide else NARROW_METRICS
+    headers = ["RUN", "PRESET", "OPTIONS", "SEED", "STORE", "EPOCHS", *_metric_headers(metrics), "OK"]
     cells = [
         [r.name, r.preset or "-", _options_str({k: v for k, v in r.options.items() if k not in shared}) or "-", "-" if r.seed is None else str(r.seed),
-         r.fingerprint[:8] or "-", r.epochs_str, *(r.metric_str(m) for m in TABLE_METRICS), r.problem or ""]
+         r.fingerprint[:8] or "-", r.epochs_str, *(r.metric_str(m) for m in metrics), "no" if r.problem else "yes"]
         for r in rows
     ]  # fmt: skip
     return headers, cells
 
 
-def groups_table(groups: Sequence[SeedGroup], shared: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
+def problems(rows: Sequence[RunRow]) -> list[str]:
+    """One line per run with a problem: its name and what is wrong."""
+    return [f"{r.name}: {r.problem}" for r in rows if r.problem]
+
+
+def groups_table(groups: Sequence[SeedGroup], shared: dict[str, Any] | None = None, wide: bool = False) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the seed groups: mean ± std over seeds; OPTIONS without ``shared``
     (the :func:`shared_options` of the listing)."""
     shared = shared or {}
-    headers = ["PRESET", "OPTIONS", "STORE", "RUNS", "SEEDS", *(m.upper() for m in TABLE_METRICS)]
+    metrics = TABLE_METRICS if wide else NARROW_METRICS
+    headers = ["PRESET", "OPTIONS", "STORE", "RUNS", "SEEDS", *_metric_headers(metrics)]
     cells = [
         [g.preset, _options_str({k: v for k, v in g.options.items() if k not in shared}) or "-", g.fingerprint[:8], str(len(g.runs)),
-         ",".join(map(str, g.seeds)), *(g.metric_str(m) for m in TABLE_METRICS)]
+         ",".join(map(str, g.seeds)), *(g.metric_str(m) for m in metrics)]
         for g in groups
     ]  # fmt: skip
     return headers, cells

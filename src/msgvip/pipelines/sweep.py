@@ -55,7 +55,7 @@ import signal
 import time
 import tomllib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -67,7 +67,8 @@ import torch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from ..config import ConfigError, check_device
+from ..config import ConfigError, check_device, parse_settings
+from ..domains import check_value
 from ..ranker.dataset import LabelError, StoreDataset
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.probe import FittedProbe, fit_probe
@@ -85,14 +86,17 @@ SECTIONS = ("train", "model", "sweep")
 RANGE_KEYS = ("low", "high", "log", "step")
 #: TrainConfig keys one value of which holds for the whole sweep: the splits every worker reads
 #: once and shares, where it runs, and the seed (the seeds are ``seed .. seed + K - 1``).
-FIXED_TRAIN_KEYS = ("seed", "device", "in_memory", "train_split", "val_split")
+FIXED_TRAIN_KEYS = ("seed", "device", "in_memory", "train_split", "val_split", "keep")
 STUDY_ATTR = "msgvip_sweep"  # what the study was made for: a rerun must match it
 #: TrainConfig keys that do not change what a trial learns: a rerun may change them (continue a
 #: CPU study on a GPU, say) and still add to the same study.
-RUNTIME_TRAIN_KEYS = ("device", "in_memory", "eval_batch_size")
+RUNTIME_TRAIN_KEYS = ("device", "in_memory", "eval_batch_size", "keep")
 HEARTBEAT_S = 60  # a RUNNING trial whose worker died is marked failed ``GRACE_S`` after its last beat
 GRACE_S = 180
 STOP_TIMEOUT_S = 10  # a worker told to stop unwinds within this, else it is killed
+# A trial keeps only its best checkpoint, without optimizer state: 50 trials of full runs filled a disk
+TRIAL_TRAIN_DEFAULTS = {"keep": "best"}
+MAX_GRID_POINTS = 100_000  # a grid's points are listed by Optuna's GridSampler: 10^20 of them ran out of memory
 SQLITE_TIMEOUT_S = 60  # several workers write one SQLite file: wait for its lock, never fail on it
 
 
@@ -153,14 +157,14 @@ class SweepSpace:
     @property
     def base_train(self) -> TrainConfig:
         """The TrainConfig of the fixed values (the preset's training defaults under them)."""
-        return build_config(TrainConfig, {**preset_named(self.preset).train_defaults, **self.fixed["train"]}, self.source)
+        return build_config(TrainConfig, {**preset_named(self.preset).train_defaults, **TRIAL_TRAIN_DEFAULTS, **self.fixed["train"]}, self.source)
 
     def configs(self, values: Mapping[str, Any]) -> tuple[TrainConfig, object]:
         """(train config, model config) of one trial's sampled ``values``; a combination the
         configs refuse (hidden not divisible by heads...) is a ConfigError naming the file."""
         preset = preset_named(self.preset)
         chosen = {section: {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{section}.")} for section in ("train", "model")}
-        train_config = build_config(TrainConfig, {**preset.train_defaults, **self.fixed["train"], **chosen["train"]}, self.source)
+        train_config = build_config(TrainConfig, {**preset.train_defaults, **TRIAL_TRAIN_DEFAULTS, **self.fixed["train"], **chosen["train"]}, self.source)
         return train_config, build_config(preset.config, {**self.fixed["model"], **chosen["model"]}, self.source)
 
     def grid_points(self) -> Iterator[tuple]:
@@ -175,17 +179,20 @@ class SweepSpace:
         return json.loads(json.dumps(record))
 
 
-def read_space(path: str | os.PathLike, preset: str | None = None) -> SweepSpace:
+def read_space(path: str | os.PathLike, preset: str | None = None, settings: Sequence[str] = ()) -> SweepSpace:
     """The search space of a TOML file (module docstring) for model preset ``preset`` (default:
-    the file's ``model.preset``, else msgvip). Any problem is a ConfigError of one line naming the
-    file and the key: unknown section or key, a value of the wrong type, an empty or repeated
-    choice, a range with low > high, a log range reaching 0, a searched key that must be fixed, no
-    searched key at all."""
+    the file's ``model.preset``, else msgvip), with ``settings`` (``--set SECTION.KEY=VALUE``)
+    fixing values over the file's. Any problem is a ConfigError of one line naming the file (or
+    --set) and the key: unknown section or key, a value of the wrong type, an empty or repeated
+    choice, a range with low > high, a log range reaching 0, a searched key that must be fixed, a
+    --set of a searched key, no searched key at all."""
     path = Path(path)
     try:
         record = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:  # its message ends with "(at line L, column C)"
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply for a search space") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     unknown = sorted(set(record) - set(SECTIONS))
@@ -204,7 +211,8 @@ def read_space(path: str | os.PathLike, preset: str | None = None) -> SweepSpace
     except ValueError as err:
         raise ConfigError(f"{path}: model.preset: {err}") from None
     defaults = {"train": {**vars(TrainConfig()), **preset_obj.train_defaults}, "model": vars(preset_obj.config())}
-    classes = {"train": TrainConfig.__name__, "model": preset_obj.config.__name__}
+    config_classes = {"train": TrainConfig, "model": preset_obj.config}
+    classes = {section: cls.__name__ for section, cls in config_classes.items()}
     fixed: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
     params: list[Param] = []
     for section, values in (("train", record.get("train", {})), ("model", model)):
@@ -215,15 +223,41 @@ def read_space(path: str | os.PathLike, preset: str | None = None) -> SweepSpace
             default = defaults[section][key]
             if not isinstance(value, (list, dict)):
                 fixed[section][key] = _typed(where, value, default)
+                _check_domain(where, config_classes[section], key, fixed[section][key])
                 continue
             if section == "train" and key in FIXED_TRAIN_KEYS:
                 why = "the seeds are --seeds K: seed, seed + 1, ..." if key == "seed" else "every worker reads the splits once, for all its trials"
                 raise ConfigError(f"{where}: give one value, not a list or range ({why})")
             params.append(_choices(where, f"{section}.{key}", value, default) if isinstance(value, list) else _range(where, f"{section}.{key}", value, default))
+    for param in params:  # every choice and both ends of a range, before any trial runs
+        section, key = param.name.split(".", 1)
+        for value in param.choices or (param.low, param.high):
+            _check_domain(f"{path}: {param.name}", config_classes[section], key, value)
+    searched = {p.name for p in params}
+    for section, values in parse_settings(settings).items():
+        for key, value in values.items():
+            where = f"--set {section}.{key}"
+            if key not in defaults[section]:
+                raise ConfigError(f"{where}: unknown {classes[section]} key; known: {sorted(defaults[section])}")
+            if f"{section}.{key}" in searched:
+                raise ConfigError(f"{where}: {path} searches it; a --set value would hide the search (edit the space instead)")
+            fixed[section][key] = _typed(where, value, defaults[section][key])
+            _check_domain(where, config_classes[section], key, fixed[section][key])
     if not params:
         raise ConfigError(f"{path}: searches nothing; give some [train] or [model] key a list of choices or a {{low = ..., high = ...}} range")
+    grid = math.prod(len(p.choices) for p in params)
+    if all(p.kind == "categorical" for p in params) and grid > MAX_GRID_POINTS:
+        raise ConfigError(f"{path}: a grid of {grid:.3g} points (the product of its lists' lengths); at most {MAX_GRID_POINTS:,} can be run: "
+                          "give fewer choices, or a range and --trials N")
     settings = _settings(path, record.get("sweep", {}))
     return SweepSpace(str(path), name, fixed, tuple(params), settings)
+
+
+def _check_domain(where: str, cls: type, key: str, value: Any) -> None:
+    try:
+        check_value(cls, key, value)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _typed(where: str, value: Any, default: Any) -> Any:
@@ -233,7 +267,10 @@ def _typed(where: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, (int, float) if isinstance(default, float) else int) and not isinstance(value, bool)
         if ok and isinstance(default, float):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(f"{where}: must be a finite number, got {value:.3g}") from None
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if not ok:
@@ -683,6 +720,7 @@ def run_sweep(
     dataset: str | None = None,
     preset: str | None = None,
     progress: bool = True,
+    settings: Sequence[str] = (),
 ) -> SweepSummary:
     """Run ``trials`` trials of the study for the search space file ``space`` and return what
     they gave; see the module docstring.
@@ -697,6 +735,7 @@ def run_sweep(
         jobs: trials at once, each in a worker process of its own (1: in this process).
         storage: an Optuna RDB URL [default: ``sqlite:///<out>/study.db``].
         dataset: the store's dataset snapshot [default: its only one].
+        settings: ``SECTION.KEY=VALUE`` values fixed for every trial, over the space file's.
         progress: print where the study is, then one line per finished trial.
 
     Raises:
@@ -705,7 +744,7 @@ def run_sweep(
     """
     start = time.perf_counter()
     say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    space = read_space(space, preset)
+    space = read_space(space, preset, settings)
     for name, value in (("--trials", trials), ("--seeds", seeds), ("--jobs", jobs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -1,14 +1,31 @@
-"""The ranker: dataset from a store, model, losses, metrics, trainer. Knows nothing of extraction."""
+"""The ranker: dataset from a store, model, losses, metrics, trainer. Knows nothing of extraction.
 
-from .dataset import ClipBatch, LabelError, StoreDataset, read_label_overrides
-from .losses import ranking_loss, ranking_loss_terms
-from .metrics import largest_box_scores, most_central_scores, rank_of_target, ranking_metrics
-from .model import ImportanceRanker, RankerConfig
-from .trainer import ConfigError, TrainConfig, TrainSummary, build_config, evaluate_run, load_run, predict_run, train
+Its names load on first use (PEP 562), so a command that never trains (``msgvip --help``,
+``cache ls``) starts without importing torch and torch_geometric.
+"""
 
-__all__ = [
-    "ClipBatch", "ConfigError", "ImportanceRanker", "LabelError", "RankerConfig", "StoreDataset", "TrainConfig",
-    "TrainSummary", "build_config", "evaluate_run", "largest_box_scores", "load_run",
-    "most_central_scores", "predict_run", "rank_of_target", "ranking_loss", "ranking_loss_terms", "ranking_metrics",
-    "read_label_overrides", "train",
-]  # fmt: skip
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ClipBatch": "dataset", "LabelError": "dataset", "StoreDataset": "dataset", "read_label_overrides": "dataset",
+    "ranking_loss": "losses", "ranking_loss_terms": "losses",
+    "largest_box_scores": "metrics", "most_central_scores": "metrics", "rank_of_target": "metrics", "ranking_metrics": "metrics",
+    "ImportanceRanker": "model", "RankerConfig": "model",
+    "ConfigError": "trainer", "TrainConfig": "trainer", "TrainSummary": "trainer", "build_config": "trainer", "evaluate_run": "trainer",
+    "load_run": "trainer", "predict_run": "trainer", "train": "trainer",
+}  # fmt: skip
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -8,6 +8,7 @@ numeric column keeps its name (``lr``, ``seconds``, ``data_wait_fraction``).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,8 +45,8 @@ class TensorBoardLogger:
     def log_epoch(self, row: Mapping[str, object], step: int) -> None:
         """Every numeric value of ``row`` but ``epoch`` (the step already says it) at ``step``."""
         for column, value in row.items():
-            if column == "epoch" or isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars too
-                continue
+            if column == "epoch" or isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):  # numpy scalars too
+                continue  # (epoch 0, the probe before training, has no training loss)
             self._writer.add_scalar(scalar_tag(column), float(value), global_step=step)
         self._writer.flush()  # a crashed or interrupted run keeps every epoch it finished
 

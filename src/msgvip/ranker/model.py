@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import softmax as segment_softmax
 
+from ..domains import check_fields, one_of, ranged
 from .dropout import Dropout, dropout, dropout_add
 from .layer_mix import LayerMix
 from .losses import RankingLossTerms, ranking_loss_terms
@@ -69,32 +70,32 @@ class RankerConfig:
     (``TypeError``); inconsistent sizes raise ``ValueError``.
     """
 
-    hidden: int = 256  # H, width of every stage
-    fusion: str = "sum"  # "sum": sum of per-family projections; "concat": concat, then project
+    hidden: int = ranged(256, 1, 65536)  # H, width of every stage (65,536: 16 GiB a matrix, more than any machine trains)
+    fusion: str = one_of("sum", ("sum", "concat"))  # "sum": sum of per-family projections; "concat": concat, then project
     # How each family's inputs are scaled before their projection. "batch": every column
     # standardised over the person-frames (BatchNorm, no affine; running statistics in eval), so
     # a small change in one column (a box 5% taller for a frame) keeps its size next to columns of
     # other units. "layer": each row normalised across its own columns (LayerNorm), which keeps an
     # embedding's quiet directions quiet. "auto": "batch" for families of at most
     # NARROW_FAMILY columns (hand-made columns: geometry, svip_box), "layer" for wider ones.
-    input_norm: str = "auto"
-    gat_layers: int = 2
-    gat_heads: int = 4  # hidden must be divisible by gat_heads
+    input_norm: str = one_of("auto", ("auto", "batch", "layer"))
+    gat_layers: int = ranged(2, 0, 64)
+    gat_heads: int = ranged(4, 1)  # hidden must be divisible by gat_heads
     # The clip around each frame: every frame's persons pooled (mean, max), mixed over nearby frames
     # by depthwise convolutions and added to each person-frame. The graph sees one frame and the
     # temporal Transformer one person; only here does a person's frame meet other persons' other
     # frames ("two others raise an arm just after I do").
-    scene_layers: int = 2  # 0: no scene stage
-    scene_kernel: int = 9  # frames one convolution spans (odd)
-    temporal_layers: int = 2
-    temporal_heads: int = 8  # hidden must be divisible by temporal_heads
-    ff_mult: int = 4  # feed-forward width (Transformer, scene track) = ff_mult * hidden
-    max_frames: int = 512  # longest clip the learned frame embedding supports
+    scene_layers: int = ranged(2, 0, 64)  # 0: no scene stage
+    scene_kernel: int = ranged(9, 1, 1023)  # frames one convolution spans (odd)
+    temporal_layers: int = ranged(2, 0, 64)
+    temporal_heads: int = ranged(8, 1)  # hidden must be divisible by temporal_heads
+    ff_mult: int = ranged(4, 1, 64)  # feed-forward width (Transformer, scene track) = ff_mult * hidden
+    max_frames: int = ranged(512, 1, 10**6)  # longest clip the learned frame embedding supports
     event_token: bool = True  # learned clip-context token attending over all person-frames
-    event_heads: int = 4
-    pool_heads: int = 4  # heads of the attention pooling over time
+    event_heads: int = ranged(4, 1)
+    pool_heads: int = ranged(4, 1)  # heads of the attention pooling over time
     dual_head: bool = True  # self + relation scores mixed by a sigmoid gate; else self only
-    relation_heads: int = 4
+    relation_heads: int = ranged(4, 1)
     # Per-person track statistics beside the attention pooling: presence fraction, first and last
     # frame, mean and max of the node features. Attention pooling averages frames away, so on its
     # own it cannot see how long or when a person is there (a probe on such statistics beat it).
@@ -108,7 +109,7 @@ class RankerConfig:
     linear_skip: bool = False
     # The skip path also learns on its own (cross-entropy of its score alone, this weight), so it
     # stays a fitted probe even once the deep path has memorised the training clips.
-    skip_loss_weight: float = 1.0
+    skip_loss_weight: float = ranged(1.0, 0)
     # The run's probe baseline (the scorer `msgvip probe` picks on val) scores each person, and
     # that score, times a learned gain that starts at 1, is added to the logit: the model starts
     # as the probe and learns what the probe misses. On the train split the scores are
@@ -117,12 +118,12 @@ class RankerConfig:
     probe_prior: bool = True
     # In training, each family of each clip is left out of the fusion with this probability (never
     # all of one clip's): a noisy family cannot carry the fit alone (sum fusion only).
-    family_dropout: float = 0.0
-    dropout: float = 0.1  # on activations (fusion, GAT, Transformer, heads)
+    family_dropout: float = ranged(0.0, 0, 1, high_open=True)
+    dropout: float = ranged(0.1, 0, 1, high_open=True)  # on activations (fusion, GAT, Transformer, heads)
     # On attention weights: GATv2 coefficients and temporal self-attention. Kept apart from
     # `dropout` because on a CPU any dropout there sends the temporal attention to PyTorch's
     # unfused kernel: 0.1 there cost 10-25% of a whole training step at the benchmark's shape.
-    attention_dropout: float = 0.0
+    attention_dropout: float = ranged(0.0, 0, 1, high_open=True)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -133,29 +134,12 @@ class RankerConfig:
                 raise TypeError(
                     f"RankerConfig.{f.name} must be {f.type}, got {type(value).__name__} {value!r}"
                 )
-        if self.input_norm not in ("auto", "batch", "layer"):
-            raise ValueError(f"RankerConfig.input_norm must be 'auto', 'batch' or 'layer', got {self.input_norm!r}")
-        if self.fusion not in ("sum", "concat"):
-            raise ValueError(f"RankerConfig.fusion must be 'sum' or 'concat', got {self.fusion!r}")
+        check_fields(self)
         for name in ("gat_heads", "temporal_heads", "event_heads", "pool_heads", "relation_heads"):
-            heads = getattr(self, name)
-            if heads < 1 or self.hidden % heads:
-                raise ValueError(
-                    f"RankerConfig.hidden={self.hidden} must be divisible by {name}={heads}"
-                )
-        for name in ("hidden", "ff_mult", "max_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.scene_kernel < 1 or self.scene_kernel % 2 == 0:
-            raise ValueError(f"RankerConfig.scene_kernel must be odd and >= 1, got {self.scene_kernel}")
-        for name in ("gat_layers", "temporal_layers", "scene_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RankerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.skip_loss_weight < 0:
-            raise ValueError(f"RankerConfig.skip_loss_weight must be >= 0, got {self.skip_loss_weight}")
-        for name in ("dropout", "attention_dropout", "family_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"RankerConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+            if self.hidden % getattr(self, name):
+                raise ValueError(f"RankerConfig.hidden={self.hidden} must be divisible by {name}={getattr(self, name)}")
+        if self.scene_kernel % 2 == 0:
+            raise ValueError(f"RankerConfig.scene_kernel must be odd, got {self.scene_kernel}")
 
     def to_dict(self) -> dict[str, int | float | bool | str]:
         return asdict(self)

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch_geometric.nn import GATv2Conv
 
+from ..domains import check_fields, ranged
 from .losses import RankingLossTerms, ranking_loss_terms
 from .model import INVALID_LOGIT, frame_graph_edges
 
@@ -95,21 +96,21 @@ class RgtConfig:
     JSON compares equal); it must contain :data:`RULE_COLUMNS`.
     """
 
-    hidden: int = 128  # H
-    heads: int = 4  # GATv2 heads per relation; hidden must be divisible by heads
-    graph_layers: int = 2  # relation-typed GATv2 layers
-    top_k: int = 4  # out-edges kept per person, frame and relation
-    attention_min: float = 0.5  # least gaze-direction cosine for an attention edge
-    sync_min: float = 0.5  # least normalised displacement product for a synchronization edge
-    motion_window: int = 8  # frames over which a person's displacement (heading) is measured
-    motion_eps: float = 0.01  # displacement (frame units) below which a person counts as still
-    head_min_score: float = 0.3  # pose keypoint score for a head keypoint to count as seen
-    gru_layers: int = 1
+    hidden: int = ranged(128, 1, 65536)  # H
+    heads: int = ranged(4, 1)  # GATv2 heads per relation; hidden must be divisible by heads
+    graph_layers: int = ranged(2, 0, 64)  # relation-typed GATv2 layers
+    top_k: int = ranged(4, 1, 1024)  # out-edges kept per person, frame and relation
+    attention_min: float = ranged(0.5, -1, 1)  # least gaze-direction cosine for an attention edge
+    sync_min: float = ranged(0.5, -1, 1)  # least normalised displacement product for a synchronization edge
+    motion_window: int = ranged(8, 1, 10**6)  # frames over which a person's displacement (heading) is measured
+    motion_eps: float = ranged(0.01, 0, low_open=True)  # displacement (frame units) below which a person counts as still
+    head_min_score: float = ranged(0.3, 0, 1)  # pose keypoint score for a head keypoint to count as seen
+    gru_layers: int = ranged(1, 1, 64)
     bidirectional: bool = True
-    pool_heads: int = 4  # heads of the attention pooling over time; hidden divisible by it
-    dropout: float = 0.1
-    contrastive_weight: float = 0.1  # weight of the contrastive term in the total loss
-    contrastive_temperature: float = 0.2
+    pool_heads: int = ranged(4, 1)  # heads of the attention pooling over time; hidden divisible by it
+    dropout: float = ranged(0.1, 0, 1, high_open=True)
+    contrastive_weight: float = ranged(0.1, 0)  # weight of the contrastive term in the total loss
+    contrastive_temperature: float = ranged(0.2, 0, low_open=True)
     geometry_columns: tuple[str, ...] = DEFAULT_GEOMETRY_COLUMNS
 
     def __post_init__(self) -> None:
@@ -125,23 +126,12 @@ class RgtConfig:
                 ok = isinstance(value, expected) and not (isinstance(value, bool) and f.type != "bool")
             if not ok:
                 raise TypeError(f"RgtConfig.{f.name} must be {f.type}, got {type(value).__name__} {value!r}")
-        for name in ("hidden", "heads", "top_k", "motion_window", "gru_layers", "pool_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RgtConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.graph_layers < 0:
-            raise ValueError(f"RgtConfig.graph_layers must be >= 0, got {self.graph_layers}")
+        check_fields(self)
         for name in ("heads", "pool_heads"):
             if self.hidden % getattr(self, name):
                 raise ValueError(f"RgtConfig.hidden={self.hidden} must be divisible by {name}={getattr(self, name)}")
         if self.bidirectional and self.hidden % 2:
             raise ValueError(f"RgtConfig.hidden={self.hidden} must be even with bidirectional=True")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"RgtConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("motion_eps", "contrastive_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RgtConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.contrastive_weight < 0:
-            raise ValueError(f"RgtConfig.contrastive_weight must be >= 0, got {self.contrastive_weight}")
         missing = [c for c in RULE_COLUMNS if c not in columns]
         if missing:
             raise ValueError(f"RgtConfig.geometry_columns lacks {missing} (the rules need {list(RULE_COLUMNS)}); got {list(columns)}")

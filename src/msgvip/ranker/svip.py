@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 
+from ..domains import check_fields, ranged
 from .losses import RankingLossTerms, ranking_loss_terms
 from .model import INVALID_LOGIT, frame_graph_edges
 
@@ -69,36 +70,36 @@ class SvipConfig:
     inconsistent sizes raise ``ValueError``.
     """
 
-    vision_dim: int = 768  # CLS width svip fuses (DinoConfig.feature_dim)
-    geom_hidden: int = 512  # BBoxGeomConfig.hidden_dim
-    geom_dim: int = 256  # BBoxGeomConfig.feature_dim
+    vision_dim: int = ranged(768, 1, 65536)  # CLS width svip fuses (DinoConfig.feature_dim)
+    geom_hidden: int = ranged(512, 1, 65536)  # BBoxGeomConfig.hidden_dim
+    geom_dim: int = ranged(256, 1, 65536)  # BBoxGeomConfig.feature_dim
     # svip trains from a feature cache that holds the box MLP's output, computed once by its
     # randomly initialised MLP, so the MLP never learns; True keeps it so
     freeze_geom: bool = True
-    fused_dim: int = 1024
-    gat_hidden: int = 512
-    gat_layers: int = 2
-    gat_heads: int = 4  # gat_hidden must be divisible by gat_heads
-    d_model: int = 768
-    temporal_layers: int = 2
-    temporal_heads: int = 12  # also the event token's heads; d_model must be divisible by them
-    ff_dim: int = 1024  # feed-forward width of the temporal and event Transformers
+    fused_dim: int = ranged(1024, 1, 65536)
+    gat_hidden: int = ranged(512, 1, 65536)
+    gat_layers: int = ranged(2, 0, 64)
+    gat_heads: int = ranged(4, 1)  # gat_hidden must be divisible by gat_heads
+    d_model: int = ranged(768, 1, 65536)
+    temporal_layers: int = ranged(2, 1, 64)
+    temporal_heads: int = ranged(12, 1)  # also the event token's heads; d_model must be divisible by them
+    ff_dim: int = ranged(1024, 1, 65536)  # feed-forward width of the temporal and event Transformers
     event_token: bool = True
-    event_layers: int = 1
-    pool_layers: int = 1
-    pool_heads: int = 4  # d_model must be divisible by pool_heads
-    pool_ff_dim: int = 512
-    pool_dim: int = 512
-    score_hidden: int = 128
-    gate_hidden: int = 128
+    event_layers: int = ranged(1, 1, 64)
+    pool_layers: int = ranged(1, 1, 64)
+    pool_heads: int = ranged(4, 1)  # d_model must be divisible by pool_heads
+    pool_ff_dim: int = ranged(512, 1, 65536)
+    pool_dim: int = ranged(512, 1, 65536)
+    score_hidden: int = ranged(128, 1, 65536)
+    gate_hidden: int = ranged(128, 1, 65536)
     dual_head: bool = True
-    features_dropout: float = 0.1
-    gat_dropout: float = 0.1  # on GATv2 attention coefficients and outputs
-    temporal_dropout: float = 0.2  # temporal, event and pooling Transformers, pooling projection
-    scoring_dropout: float = 0.2
-    gate_dropout: float = 0.2
-    preference_weight: float = 0.3  # loss = CE + preference_weight * preference term
-    preference_beta: float = 1.0
+    features_dropout: float = ranged(0.1, 0, 1, high_open=True)
+    gat_dropout: float = ranged(0.1, 0, 1, high_open=True)  # on GATv2 attention coefficients and outputs
+    temporal_dropout: float = ranged(0.2, 0, 1, high_open=True)  # temporal, event and pooling Transformers, pooling projection
+    scoring_dropout: float = ranged(0.2, 0, 1, high_open=True)
+    gate_dropout: float = ranged(0.2, 0, 1, high_open=True)
+    preference_weight: float = ranged(0.3, 0)  # loss = CE + preference_weight * preference term
+    preference_beta: float = ranged(1.0, 0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,14 +108,10 @@ class SvipConfig:
             wrong_bool = isinstance(value, bool) and f.type != "bool"
             if wrong_bool or not isinstance(value, expected):
                 raise TypeError(f"SvipConfig.{f.name} must be {f.type}, got {type(value).__name__} {value!r}")
+        check_fields(self)
         for width, heads in (("gat_hidden", "gat_heads"), ("d_model", "temporal_heads"), ("d_model", "pool_heads")):
-            if getattr(self, heads) < 1 or getattr(self, width) % getattr(self, heads):
+            if getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"SvipConfig.{width}={getattr(self, width)} must be divisible by {heads}={getattr(self, heads)}")
-        for f in fields(self):
-            if f.type == "int" and getattr(self, f.name) < (0 if f.name == "gat_layers" else 1):
-                raise ValueError(f"SvipConfig.{f.name} must be >= {0 if f.name == 'gat_layers' else 1}, got {getattr(self, f.name)}")
-            if f.name.endswith("_dropout") and not 0.0 <= getattr(self, f.name) < 1.0:
-                raise ValueError(f"SvipConfig.{f.name} must be in [0, 1), got {getattr(self, f.name)}")
 
     def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pickle
+import re
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +28,9 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..domains import check_fields, one_of, ranged
 from ..store.feature_store import FeatureStore
+from ..store.references import add_reference
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
 from .host_memory import retain_freed_memory
 from .layer_mix import layer_counts
@@ -40,55 +43,49 @@ from .presets import DEFAULT_PRESET, Preset, build_model, preset_named, preset_o
 CHECKPOINT_VERSION = 1
 PROBE_FILE = "probe.npz"  # the run's fitted probe (FittedProbe.save)
 LOGGERS = ("csv", "tensorboard")  # TrainConfig.logger
+KEEP = ("both", "best", "latest")  # TrainConfig.keep
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 8
-    eval_batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05  # of all steps, linear warmup before the cosine decay
-    grad_clip: float = 1.0
-    margin: float = 1.0
-    pairwise_weight: float = 0.5
-    patience: int = 8  # epochs without a better checkpoint (see `improves`) before stopping
-    min_delta: float = 0.0
-    seed: int = 0
+    epochs: int = ranged(30, 1)
+    batch_size: int = ranged(8, 1)
+    eval_batch_size: int = ranged(32, 1)
+    lr: float = ranged(3e-4, 0)
+    weight_decay: float = ranged(0.01, 0)
+    warmup_fraction: float = ranged(0.05, 0, 1)  # of all steps, linear warmup before the cosine decay
+    # The largest gradient norm (a value <= 0 would negate or zero every gradient)
+    grad_clip: float = ranged(1.0, 0, low_open=True, infinite="no clipping")
+    margin: float = ranged(1.0, 0)
+    pairwise_weight: float = ranged(0.5, 0)
+    patience: int = ranged(8, 1)  # epochs without a better checkpoint (see `improves`) before stopping
+    min_delta: float = ranged(0.0, 0)
+    # A model that carries its probe (RankerConfig.probe_prior) starts as the probe (epoch 0) and
+    # leaves it only for an epoch whose val top-1 wins over the probe are significant at this level
+    # (one-sided sign test over the val clips where the two disagree; see `clears_probe`).
+    probe_p_value: float = ranged(0.05, 0, 1, low_open=True)
+    seed: int = ranged(0, 0, 2**32 - 1)  # numpy's generators take no other seeds
     device: str = "auto"
     amp: bool = True  # autocast bf16 on CUDA; ignored on CPU
     permute_slots: bool = True
-    in_memory: str = "auto"
+    in_memory: str = one_of("auto", ("auto", "yes", "no"))
     train_split: str = "train"
     val_split: str = "val"
-    logger: str = "csv"  # metrics.csv is always written; "tensorboard" also writes RUN/tb/ event files
+    logger: str = one_of("csv", LOGGERS)  # metrics.csv is always written; "tensorboard" also writes RUN/tb/ event files
     # Fit the probe suite (`msgvip probe`) on the train split, chosen on val, as the run's baseline
     # (RUN/probe.npz): every table of the run sets the model beside it. Seconds on a demo store.
     probe: bool = True
+    # The checkpoints a finished run keeps. best.pt holds the best epoch's model (no optimizer
+    # state: nothing resumes from it); latest.pt the last epoch's full state, to resume or extend
+    # the run. "both"; "best" (a third of the size: the run cannot be extended); "latest" (the
+    # run is evaluated at its last epoch, not its best).
+    keep: str = one_of("both", KEEP)
     # Intra-op CPU threads while training; 0: torch's own count (one per core). Float sums split
     # over another number of threads round differently, so config.json records the count used.
-    threads: int = 0
+    threads: int = ranged(0, 0, 4096)
 
     def __post_init__(self) -> None:
-        # a value outside its range never trains silently the wrong way (grad_clip -1 negated every
-        # gradient, patience -1 stopped before the first epoch, margin nan trained on a nan loss)
-        at_least = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "patience": 1, "threads": 0}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)!r}")
-        for name in ("lr", "weight_decay", "margin", "pairwise_weight", "min_delta"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.warmup_fraction must be a fraction of all steps in [0, 1], got {self.warmup_fraction!r}")
-        if math.isnan(self.grad_clip) or self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 (the largest gradient norm; inf: no clipping), got {self.grad_clip!r}")
-        if self.in_memory not in ("auto", "yes", "no"):
-            raise ValueError(f"TrainConfig.in_memory must be 'auto', 'yes' or 'no', got {self.in_memory!r}")
-        if self.logger not in LOGGERS:
-            raise ValueError(f"TrainConfig.logger must be one of {list(LOGGERS)}, got {self.logger!r}")
+        check_fields(self)  # a value outside its domain never trains silently the wrong way
 
 
 def build_config(cls, values: Mapping, source: str):
@@ -102,7 +99,12 @@ def build_config(cls, values: Mapping, source: str):
         default = getattr(defaults, key)
         ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
         ok = ok or (isinstance(default, tuple) and isinstance(value, list))  # TOML and JSON have no tuples; the config converts
-        if not ok and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+        if not ok and isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            try:
+                values = {**values, key: float(value)}
+            except OverflowError:
+                raise ConfigError(f"{source}: {cls.__name__}.{key} must be a float, got {value:.3g}, beyond the largest float") from None
+        elif not ok:
             raise ConfigError(f"{source}: {cls.__name__}.{key} must be {type(default).__name__}, got {value!r}")
     try:
         return cls(**values)
@@ -264,26 +266,53 @@ class TrainSummary:
     rank: int = 0  # the process's DDP rank; only rank 0 reports
     unmatched_labels: list[str] = field(default_factory=list)  # --labels keys that name no clip
     below_probe: str | None = None  # the line saying the model's best val Rank@1 is below its probe's
+    checkpoints: dict[str, int] = field(default_factory=dict)  # the checkpoints the run kept, and their bytes
 
 
-def improves(rank1: float, loss: float, best_rank1: float, best_loss: float, min_delta: float) -> bool:
+def improves(rank1: float, loss: float, best_rank1: float, best_loss: float, min_delta: float, clears: bool = True) -> bool:
     """Whether an epoch's val Rank@1 and val loss make a better checkpoint than the best so far:
-    a Rank@1 higher by more than ``min_delta``, or the same Rank@1 with a lower loss.
+    a Rank@1 higher by more than ``min_delta``, or the same Rank@1 with a lower loss; and, for a
+    model that carries its probe, ``clears``: its wins over the probe are significant (`clears_probe`).
 
     Rank@1 on a few dozen val clips moves in steps of one clip, so epochs often tie; the loss
     tells the tied ones apart. Keeping the first of a tie instead picked an under-trained epoch
     (demo store, 3 seeds, test Rank@1: 0.952 mean with the loss, 0.933 with the first of a tie).
     """
-    return rank1 > best_rank1 + min_delta or (rank1 == best_rank1 and loss < best_loss)
+    return clears and (rank1 > best_rank1 + min_delta or (rank1 == best_rank1 and loss < best_loss))
 
 
-def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0) -> Mapping | None:
+def clears_probe(wins: int, losses: int, p_value: float) -> bool:
+    """Whether an epoch that gets ``wins`` val clips right at top-1 that its probe gets wrong, and
+    ``losses`` the other way round, is better than the probe at ``p_value`` (one-sided sign test).
+
+    Val Rank@1 above the probe's by a clip or two on a few dozen clips is as often chance as a
+    better model: on the group-relative world, epochs one or two val clips above the probe were
+    below it on test (3 seeds). The test asks for more wins the fewer val clips there are, and for
+    hardly more than a majority on a val split of the user's size.
+    """
+    n = wins + losses
+    return wins > losses and sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n <= p_value
+
+
+def probe_duel(scores: np.ndarray, probe_scores: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> tuple[int, int]:
+    """(wins, losses) of scores (C, N) against the probe's on the labelled clips: clips whose top-1
+    the model gets right and the probe wrong, and the reverse."""
+    labelled = targets >= 0
+    model_hit = np.where(valid, scores, -np.inf).argmax(1) == targets
+    probe_hit = np.where(valid, probe_scores, -np.inf).argmax(1) == targets
+    return int((model_hit & ~probe_hit & labelled).sum()), int((probe_hit & ~model_hit & labelled).sum())
+
+
+def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0, probe_p_value: float = 0.05) -> Mapping | None:
     """The row of ``history`` (metrics.csv rows, numbers or their text) that the trainer kept as
-    best.pt, by :func:`improves`; None when there is none."""
+    best.pt, by :func:`improves`; None when there is none. A run whose model carries its probe has
+    an epoch-0 row (the probe itself, before training) and each epoch's duel with it."""
     best_row, best, best_loss = None, -1.0, math.inf
     for row in history:
         value, loss = float(row["val_rank@1"]), float(row.get("val_loss") or math.inf)
-        if improves(value, loss, best, best_loss, min_delta):
+        clears = int(row["epoch"]) == 0 or "val_wins_vs_probe" not in row or clears_probe(
+            int(float(row["val_wins_vs_probe"])), int(float(row["val_losses_vs_probe"])), probe_p_value)
+        if improves(value, loss, best, best_loss, min_delta, clears):
             best_row, best, best_loss = row, value, loss
     return best_row
 
@@ -488,6 +517,7 @@ def train(
             "train": asdict(cfg), "model_preset": preset.name, "model": model_config.to_dict(), "families": train_data.families,
             "feature_dims": train_data.feature_dims, "feature_layers": feature_layers, "fingerprint": store.fingerprint, "store": store.location,
             "cache_root": store.storage.url, "dataset": snapshot.name, "leaks": leaks, "allow_duplicates": allow_duplicates,
+            "extracted_from": {"data": snapshot.data, "settings": store.settings},  # to rebuild the store if it is removed
             "unmatched_labels": unmatched, "runtime": {"threads": torch.get_num_threads(), "torch": str(torch.__version__), "deterministic": True},
         }  # fmt: skip
         if probe is not None or probe_error is not None:
@@ -499,6 +529,9 @@ def train(
         graph_history: list[dict] = []  # per-epoch diagnostics of models that keep them (rgt), records/graph_stats.csv
         best = {"epoch": -1, "rank@1": -1.0, "since": 0}
         first_epoch = 0
+        if resume and not (run_dir / "latest.pt").exists() and (run_dir / "best.pt").exists():
+            raise ConfigError(f"{run_dir}: kept only best.pt (train.keep = 'best'), which holds no optimizer state: it cannot be resumed; "
+                              f"train a new run with --from-run {run_dir}")
         if resume and (run_dir / "latest.pt").exists():
             state = load_checkpoint(run_dir / "latest.pt")
             if state["fingerprint"] != store.fingerprint:
@@ -515,6 +548,7 @@ def train(
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True) + "\n")
+            add_reference(store.storage, store.fingerprint, run_dir, snapshot.name)  # `cache gc` spares the store while the run lives
             if probe is not None:
                 probe.save(run_dir / PROBE_FILE)
         baselines = baseline_metrics(val_data)  # once: they do not change between epochs
@@ -528,6 +562,47 @@ def train(
             # on a resume, events a crashed run wrote past its last checkpoint are hidden
             tensorboard = TensorBoardLogger(run_dir, purge_step=first_epoch + 1 if first_epoch else None)
         diagnostics = getattr(_unwrapped(model), "diagnostics", None)
+        val_targets, val_valid = val_data.targets.numpy(), val_data.valid_slots().numpy()
+
+        def validate(model: torch.nn.Module, started: float, row: dict) -> tuple[dict, dict]:
+            """The val metrics of ``model`` and ``row`` completed with them, the lr and the seconds since ``started``."""
+            scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp, val_prior)
+            val = ranking_metrics(scores, val_targets, val_valid)
+            # the same ranking loss for every preset, so val losses of runs compare
+            val_logits = torch.from_numpy(np.where(val_valid, scores, 0.0))
+            val_loss = float(ranking_loss_terms(val_logits, val_data.targets, torch.from_numpy(val_valid), cfg.margin, cfg.pairwise_weight).total)
+            row = {
+                **row, "val_loss": val_loss, "val_rank@1": val["rank@1"], "val_rank@3": val["rank@3"], "val_mrr": val["mrr"],
+                "val_map_trapezoid": val["map_trapezoid"], "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                "data_wait_fraction": 0.0,
+            }  # fmt: skip
+            if probe is not None:
+                row["probe_val_rank@1"] = probe.val["rank@1"]  # the same every epoch: the line the curves are read against
+            if val_prior is not None:
+                row["val_wins_vs_probe"], row["val_losses_vs_probe"] = probe_duel(scores, val_probe_scores, val_targets, val_valid)
+            return val, row
+
+        def save_state(epoch: int, val: dict, improved: bool) -> None:
+            state = {
+                "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _unwrapped(model).state_dict(), "config": config_record,
+                "fingerprint": store.fingerprint, "history": history, "best": best, "val": val, "graph_history": graph_history,
+            }  # fmt: skip
+            if improved and cfg.keep != "latest":
+                _save(run_dir / "best.pt", state)
+            _save(run_dir / "latest.pt", {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
+            _write_metrics(run_dir, history)
+
+        if val_prior is not None and not history:
+            # epoch 0: the untrained model, which ranks exactly as its probe, is the checkpoint to beat
+            val, row = validate(model, time.perf_counter(), {"epoch": 0, "train_loss": math.nan, "train_rank@1": math.nan})
+            history.append(row)
+            best = {"epoch": 0, "rank@1": val["rank@1"], "since": 0, "loss": row["val_loss"]}
+            if runtime.is_main:
+                save_state(-1, val, True)
+                if tensorboard is not None:
+                    tensorboard.log_epoch(row, step=0)
+                if progress:
+                    print(f"epoch 0 (the model before training ranks as its probe): val Rank@1 {val['rank@1']:.3f}  MRR {val['mrr']:.3f}", flush=True)
         last_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, first_epoch + max_epochs_this_call)
         stopped_early = False
         for epoch in range(first_epoch, last_epoch):
@@ -568,35 +643,16 @@ def train(
             graph_stats = diagnostics() if diagnostics is not None else {}
             if graph_stats:
                 graph_history.append({"epoch": epoch + 1, **graph_stats})
-            scores = score_dataset(model, val_data, runtime, cfg.eval_batch_size, cfg.amp, val_prior)
-            valid_val = val_data.valid_slots()
-            val = ranking_metrics(scores, val_data.targets.numpy(), valid_val.numpy())
-            # the same ranking loss for every preset, so val losses of runs compare
-            val_logits = torch.from_numpy(np.where(valid_val.numpy(), scores, 0.0))
-            val_loss = float(ranking_loss_terms(val_logits, val_data.targets, valid_val, cfg.margin, cfg.pairwise_weight).total)
-            seconds = time.perf_counter() - epoch_start
-            row = {
-                "epoch": epoch + 1, "train_loss": runtime.mean(float(np.mean(losses))),
-                "train_rank@1": runtime.mean(hits / max(counted, 1)), "val_loss": val_loss,
-                "val_rank@1": val["rank@1"], "val_rank@3": val["rank@3"], "val_mrr": val["mrr"], "val_map_trapezoid": val["map_trapezoid"],
-                "lr": scheduler.get_last_lr()[0], "seconds": seconds, "data_wait_fraction": runtime.mean(wait / seconds),
-            }  # fmt: skip
-            if probe is not None:
-                row["probe_val_rank@1"] = probe.val["rank@1"]  # the same every epoch: the line the curves are read against
+            val, row = validate(model, epoch_start, {
+                "epoch": epoch + 1, "train_loss": runtime.mean(float(np.mean(losses))), "train_rank@1": runtime.mean(hits / max(counted, 1)),
+            })  # fmt: skip
+            row["data_wait_fraction"] = runtime.mean(wait / row["seconds"])
             history.append(row)
-            improved = improves(val["rank@1"], val_loss, best["rank@1"], best.get("loss", math.inf), cfg.min_delta)
-            best = {"epoch": epoch + 1, "rank@1": val["rank@1"], "since": 0, "loss": val_loss} if improved else {**best, "since": best["since"] + 1}
+            clears = val_prior is None or clears_probe(row["val_wins_vs_probe"], row["val_losses_vs_probe"], cfg.probe_p_value)
+            improved = improves(val["rank@1"], row["val_loss"], best["rank@1"], best.get("loss", math.inf), cfg.min_delta, clears)
+            best = {"epoch": epoch + 1, "rank@1": val["rank@1"], "since": 0, "loss": row["val_loss"]} if improved else {**best, "since": best["since"] + 1}
             if runtime.is_main:
-                state = {
-                    "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _unwrapped(model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "config": config_record, "fingerprint": store.fingerprint, "history": history, "best": best, "val": val,
-                    "graph_history": graph_history,
-                }  # fmt: skip
-                _save(run_dir / "latest.pt", state)
-                if improved:
-                    _save(run_dir / "best.pt", state)
-                _write_metrics(run_dir, history)
+                save_state(epoch, val, improved)
                 if graph_history:
                     _write_csv(run_dir / "records" / "graph_stats.csv", graph_history)
                 if tensorboard is not None:
@@ -604,25 +660,29 @@ def train(
                 if on_epoch is not None:
                     on_epoch(row)
                 if progress:
-                    print(f"epoch {epoch + 1}: loss {row['train_loss']:.3f}  val Rank@1 {val['rank@1']:.3f}  MRR {val['mrr']:.3f}  ({seconds:.1f} s)", flush=True)
+                    duel = f"  vs probe +{row['val_wins_vs_probe']}/-{row['val_losses_vs_probe']} clips" if val_prior is not None else ""
+                    print(f"epoch {epoch + 1}: loss {row['train_loss']:.3f}  val Rank@1 {val['rank@1']:.3f}  MRR {val['mrr']:.3f}{duel}  ({row['seconds']:.1f} s)", flush=True)
 
         if tensorboard is not None:
             tensorboard.close()
         finished = max_epochs_this_call is None or last_epoch >= cfg.epochs or stopped_early
-        best_val = {}
-        if finished and runtime.is_main and (run_dir / "best.pt").exists():
-            state = load_checkpoint(run_dir / "best.pt")
+        best_val, kept_epoch, kept = {}, best["epoch"], {}
+        if finished and runtime.is_main and (run_dir / "latest.pt").exists():
+            state = load_checkpoint(run_checkpoint(run_dir))
             _unwrapped(model).load_state_dict(state["model"])
-            best_val = {"model": state["val"], **baselines}
+            if cfg.keep == "best":
+                (run_dir / "latest.pt").unlink()
+            best_val, kept_epoch = {"model": state["val"], **baselines}, evaluated_epoch(state)
+            kept = {name: (run_dir / name).stat().st_size for name in ("best.pt", "latest.pt") if (run_dir / name).exists()}
             write_predictions(run_dir / "predictions.csv", score_dataset(model, val_data, Runtime(runtime.device), cfg.eval_batch_size, cfg.amp, val_prior), val_data)
             _plot_curves(run_dir, history)
     if runtime.world_size > 1:
         dist.barrier()
-    seconds = [h["seconds"] for h in history]
+    trained = [h for h in history if h["epoch"] > 0]  # not epoch 0, the probe before training
     return TrainSummary(
-        run_dir=str(run_dir), fingerprint=store.fingerprint, best_epoch=best["epoch"], epochs_run=len(history),
-        stopped_early=stopped_early, val=best_val, seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
-        data_wait_fraction=float(np.mean([h["data_wait_fraction"] for h in history])) if history else 0.0,
+        run_dir=str(run_dir), fingerprint=store.fingerprint, best_epoch=kept_epoch, epochs_run=len(trained), checkpoints=kept,
+        stopped_early=stopped_early, val=best_val, seconds_per_epoch=float(np.mean([h["seconds"] for h in trained])) if trained else 0.0,
+        data_wait_fraction=float(np.mean([h["data_wait_fraction"] for h in trained])) if trained else 0.0,
         seconds=time.perf_counter() - start, rank=runtime.rank, unmatched_labels=config_record["unmatched_labels"],
         below_probe=below_probe_note(best_val["model"]["rank@1"], best_val.get("probe")) if best_val else None,
     )  # fmt: skip
@@ -665,11 +725,23 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- reuse
+def run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run is evaluated with: best.pt, or latest.pt in a run that kept only that
+    (train.keep = 'latest', or an svip import)."""
+    for name in ("best.pt", "latest.pt"):
+        if (Path(run_dir) / name).exists():
+            return Path(run_dir) / name
+    raise ConfigError(f"{run_dir}: no best.pt or latest.pt (is it a finished msgvip run directory?)")
+
+
+def evaluated_epoch(state: Mapping) -> int:
+    """The epoch whose model a checkpoint of :func:`run_checkpoint` holds (0: the probe, before training)."""
+    return int(state["epoch"]) + 1
+
+
 def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The best model of a run (of its preset; runs from before presets are ``msgvip``) and its config record."""
-    path = Path(run_dir) / "best.pt"
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: no best.pt (is it a finished msgvip run directory?)")
+    path = run_checkpoint(run_dir)
     state = load_checkpoint(path)
     config = state["config"]
     try:
@@ -718,12 +790,22 @@ def scored_split(run_dir: Path, store: FeatureStore, split: str | None, labels: 
 
 
 def evaluate_run(
-    run_dir: Path, store: FeatureStore, split: str = "test", labels: LabelOverrides | None = None, device: str = "cpu", dataset: str | None = None
-) -> dict:
+    run_dir: Path, store: FeatureStore, split: str = "test", labels: LabelOverrides | None = None, device: str = "cpu", dataset: str | None = None,
+    predictions: Path | None = None,
+) -> dict:  # fmt: skip
     """Metrics of a run's best model and of the baselines on one split of a dataset of ``store``
-    (default: the dataset the run was trained on)."""
+    (default: the dataset the run was trained on); ``predictions``: also write the per-person
+    scores they come from there (:func:`write_predictions`)."""
     scored = scored_split(run_dir, store, split, labels, device, dataset or run_config(run_dir).get("dataset"), with_probe=True)
+    if predictions is not None:
+        write_predictions(predictions, scored.scores, scored.data)
     return evaluation(run_dir, scored, store, labels)
+
+
+def predictions_file(split: str) -> str:
+    """The name of the file in a run directory holding the per-person scores of ``split`` (any
+    character a file name should not hold is written as _)."""
+    return "predictions-" + re.sub(r"[^\w.-]", "_", split)[:100] + ".csv"
 
 
 def evaluation(run_dir: Path, scored: ScoredSplit, store: FeatureStore, labels: LabelOverrides | None = None) -> dict:
@@ -734,7 +816,8 @@ def evaluation(run_dir: Path, scored: ScoredSplit, store: FeatureStore, labels: 
     if scored.probe is not None:
         probe = scored.probe
         result["probe"] = probe_metrics(probe, scored.probe_scores, data)
-        best = best_epoch(read_metrics(run_dir), run_config(run_dir)["train"].get("min_delta", 0.0))
+        train_record = run_config(run_dir)["train"]
+        best = best_epoch(read_metrics(run_dir), train_record.get("min_delta", 0.0), train_record.get("probe_p_value", 0.05))
         result["below_probe"] = below_probe_note(float(best["val_rank@1"]), {**probe.val, "about": probe.about}) if best else None
     return result
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -22,6 +22,7 @@ from .feature_store import COMMITS, DATASETS, META_FILE, PIN_FILE, SCHEMA_VERSIO
 from .fingerprint import FINGERPRINT_LENGTH, is_fingerprint
 from .locks import exclusive_store_lease, store_in_use
 from .records import Snapshot
+from .references import drop_references, references
 from .storage import Storage, open_storage
 
 CACHE_ENV = "MSGVIP_CACHE"
@@ -141,6 +142,7 @@ class StoreInfo:
     leased: bool
     problem: str | None = None
     schema_version: int | None = SCHEMA_VERSION
+    runs: list[str] = field(default_factory=list)  # run directories that use the store (references.py)
 
     @property
     def complete(self) -> bool:
@@ -187,6 +189,7 @@ def store_info(root: Storage, fp: str) -> StoreInfo:
     """One store's listing; a store that cannot be read is described, not raised."""
     pinned = root.read(f"{fp}/{PIN_FILE}") is not None
     leased = store_in_use(root, fp)
+    runs = [ref.path for ref in references(root, fp)]
     try:
         store = FeatureStore.open_in(root, fp)
         datasets = {}
@@ -196,12 +199,12 @@ def store_info(root: Storage, fp: str) -> StoreInfo:
             except StoreError as err:
                 raise StoreError(f"dataset {name!r}: {err}") from None
     except (StoreError, OSError, ValueError) as err:
-        return StoreInfo(fp, root.child_url(fp), [], [], 0, {}, root.size(fp), 0.0, 0.0, pinned, leased, str(err), _schema_version(root, fp))
+        return StoreInfo(fp, root.child_url(fp), [], [], 0, {}, root.size(fp), 0.0, 0.0, pinned, leased, str(err), _schema_version(root, fp), runs)
     specs = store.config.get("features", {})
     return StoreInfo(
         fingerprint=fp, location=store.location, features=sorted(specs), models=sorted(set(_model_names(specs))),
         clips=len(store), datasets=datasets, size_on_disk=root.size(fp), created=store.created_at,
-        last_used=store.last_used, pinned=pinned, leased=leased,
+        last_used=store.last_used, pinned=pinned, leased=leased, runs=runs,
     )  # fmt: skip
 
 
@@ -264,12 +267,13 @@ def plan_gc(
     max_size: int | None = None,
     incomplete: bool = False,
     old_schema: bool = False,
+    include_referenced: bool = False,
     now: float | None = None,
 ) -> GcPlan:
     """Select stores by any of the policies (a store goes if one policy picks it); pinned stores,
-    stores under a lease and damaged stores are always spared. ``max_size`` evicts least
-    recently used first until what remains fits. Stores of an older schema go only with
-    ``old_schema``."""
+    stores under a lease and damaged stores are always spared, and so are stores a run uses
+    unless ``include_referenced``. ``max_size`` evicts least recently used first until what
+    remains fits. Stores of an older schema go only with ``old_schema``."""
     if keep_last is None and older_than is None and max_size is None and not incomplete and not old_schema:
         raise GcPolicyError("no policy given: pass --keep-last N, --older-than 30d, --max-size 20G, --incomplete or --old-schema")
     now = time.time() if now is None else now
@@ -287,6 +291,8 @@ def plan_gc(
         if store.problem and old_schema and store.schema_version is not None and store.schema_version < SCHEMA_VERSION:
             reasons[store.fingerprint] = f"old schema version {store.schema_version}"
     protected = {s.fingerprint: ("pinned" if s.pinned else "under lease (in use)") for s in scan.stores if s.pinned or s.leased}
+    if not include_referenced:
+        protected.update({s.fingerprint: _used_by(s.runs) for s in scan.stores if s.runs and s.fingerprint not in protected})
     if max_size is not None:
         remaining = sum(s.size_on_disk for s in scan.stores if s.fingerprint not in reasons or s.fingerprint in protected)
         for store in reversed(by_recent):  # least recently used first
@@ -301,6 +307,11 @@ def plan_gc(
     delete = tuple((s, reasons[s.fingerprint]) for s in order if s.fingerprint in reasons and s.fingerprint not in protected)
     spared = tuple((s, protected[s.fingerprint]) for s in order if s.fingerprint in reasons and s.fingerprint in protected)
     return GcPlan(delete, spared + tuple((s, damaged[s.fingerprint]) for s in order if s.fingerprint in damaged))
+
+
+def _used_by(runs: list[str]) -> str:
+    shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+    return f"used by {len(runs)} run{'s' if len(runs) > 1 else ''} ({shown}); --include-referenced removes it anyway"
 
 
 def delete_store(root: Storage, fp: str) -> None:
@@ -325,9 +336,10 @@ def delete_store(root: Storage, fp: str) -> None:
         root.delete(meta)
 
 
-def execute_gc(plan: GcPlan, root: Storage) -> list[tuple[StoreInfo, str]]:
+def execute_gc(plan: GcPlan, root: Storage, include_referenced: bool = False) -> list[tuple[StoreInfo, str]]:
     """Delete the planned stores; returns (store, outcome) pairs. Each store is re-checked at the
-    moment of deletion: a real store directory of ``root``, not pinned, its lease free."""
+    moment of deletion: a real store directory of ``root``, not pinned, used by no run (unless
+    ``include_referenced``), its lease free."""
     outcomes = []
     for info, _ in plan.delete:
         fp = info.fingerprint
@@ -341,6 +353,11 @@ def execute_gc(plan: GcPlan, root: Storage) -> list[tuple[StoreInfo, str]]:
             if not free:
                 outcomes.append((info, "skipped: in use (lease held)"))
                 continue
+            runs = [ref.path for ref in references(root, fp)]  # a run registers under its lease: none can start now
+            if runs and not include_referenced:
+                outcomes.append((info, f"skipped: {_used_by(runs)}"))
+                continue
             delete_store(root, fp)
+            drop_references(root, fp)
             outcomes.append((info, "deleted"))
     return outcomes

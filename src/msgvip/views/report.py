@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.clip import display_path
-from ..ranker.trainer import evaluation, load_checkpoint, run_config, scored_split
+from ..ranker.trainer import evaluated_epoch, evaluation, load_checkpoint, run_checkpoint, run_config, scored_split
 from ..store.feature_store import FeatureStore
 from .show import ClipScores, render_clips, scores_from_model, worst_first
 
@@ -75,7 +75,7 @@ def write_report(
     (out_dir / "gallery").mkdir(parents=True, exist_ok=True)
 
     history = read_history(run_dir / "metrics.csv")
-    best_epoch = load_checkpoint(run_dir / "best.pt")["best"]["epoch"] if (run_dir / "best.pt").exists() else None
+    best_epoch = evaluated_epoch(load_checkpoint(run_checkpoint(run_dir))) if any((run_dir / n).exists() for n in ("best.pt", "latest.pt")) else None
     scored = scored_split(run_dir, store, split, None, "cpu", config.get("dataset"), with_probe=True)  # once, for the metrics and the gallery
     result = evaluation(run_dir, scored, store)
     views = scores_from_model(scored.data.entries, scored.scores, scored.data.valid_slots().numpy())
@@ -263,12 +263,18 @@ def _config_section(config: dict) -> str:
     return f'<div class="columns">{"".join(parts)}</div>'
 
 
+def _trained(history: list[dict]) -> int:
+    """Epochs trained: the rows of metrics.csv but epoch 0 (the probe, before training)."""
+    return sum(int(h["epoch"]) > 0 for h in history)
+
+
 def _curves_caption(history: list[dict], best_epoch: int | None) -> str:
     if not history:
         return ""
     seconds = sum(h.get("seconds", 0.0) for h in history)
-    best = f"; dashed line: the best epoch ({best_epoch}), whose checkpoint the metrics above are of" if best_epoch else ""
-    return f"{len(history)} epochs, {seconds:.0f} s of training{best}."
+    best = f"; dashed line: the best epoch ({best_epoch}), whose checkpoint the metrics above are of" if best_epoch is not None else ""
+    probe = "; epoch 0 is the model before training, which ranks as its probe" if int(history[0]["epoch"]) == 0 else ""
+    return f"{_trained(history)} epochs, {seconds:.0f} s of training{best}{probe}."
 
 
 def _page(run_dir: Path, config: dict, result: dict, split: str, history: list, best_epoch: int | None, sections: dict[str, str]) -> str:
@@ -276,7 +282,7 @@ def _page(run_dir: Path, config: dict, result: dict, split: str, history: list, 
     facts = [
         ("dataset", result.get("dataset", config.get("dataset"))), ("split", split), ("clips", result.get("clips")),
         ("store", str(config.get("fingerprint", ""))[:12]), ("families", ", ".join(config.get("families", []))),
-        ("best epoch", f"{best_epoch} of {len(history)}" if best_epoch else MISSING),
+        ("best epoch", MISSING if best_epoch is None else f"{best_epoch} of {_trained(history)}" + (" (the probe: no epoch beat it on val)" if best_epoch == 0 else "")),
         ("model Rank@1", _num(model.get("rank@1"))),
     ]  # fmt: skip
     summary = " &middot; ".join(f"{_esc(k)} <b>{_esc(v)}</b>" for k, v in facts)
@@ -355,7 +361,9 @@ def _curve_panels(columns: Sequence[str]) -> list[tuple[str, list[str]]]:
     for column in columns:
         if column == "epoch":
             continue
-        if "loss" in column:
+        if column.endswith("_vs_probe"):
+            title = "val clips won and lost against the probe"
+        elif "loss" in column:
             title = "loss"
         elif column.startswith(("train_rank@", "val_rank@", "probe_val_rank@")):
             title = "Rank@k"
@@ -385,7 +393,7 @@ def _draw_curves(axes, panels, epochs, history, best_epoch) -> None:
     for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
             ax.plot(epochs, [h[name] for h in history], marker="o", markersize=3, label=name)
-        if best_epoch:
+        if best_epoch is not None:
             ax.axvline(best_epoch, color="#555", linestyle="--", linewidth=0.8)
         ax.set(title=title, xlabel="epoch")
         if title in ("Rank@k", "MRR and mAP"):
