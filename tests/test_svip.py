@@ -279,3 +279,20 @@ def test_unusable_checkpoints_stores_and_run_dirs(store, tmp_path):
     pooled = FeatureStore.create(storage, "b" * 32, {"features": {"appearance": {"pooling": "cls+mean"}, "svip_box": {}}}, specs)
     with pytest.raises(ConfigError, match="svip consumes the CLS token"):
         import_svip_checkpoint(foreign, pooled, tmp_path / "run", config=IMPORTED)
+
+
+def test_metrics_beyond_a_float_and_a_symlinked_out_are_handled(store, tmp_path):
+    model = make_model(IMPORTED, {"appearance": 64, "svip_box": 14}, seed=3)
+    checkpoint = svip_checkpoint(tmp_path / "last.pt", model)
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["metrics"] = {"rank@1": 10**400, "mrr": 55.5}
+    torch.save(payload, checkpoint)
+    run = import_svip_checkpoint(checkpoint, store, tmp_path / "run", config=IMPORTED)
+    assert json.loads((run / "config.json").read_text())["imported_from"]["metrics"] == {"mrr": 55.5}
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError, match=r"--out .*link: a symlink \(to .*elsewhere\); give the folder itself"):
+        import_svip_checkpoint(checkpoint, store, tmp_path / "link", config=IMPORTED)
+    assert list(target.iterdir()) == []

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 from .config import ConfigError, ExtractConfig, check_device
 from .data.sources import SourceError
+from .files import refuse_link
 from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError
 from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
@@ -214,6 +215,7 @@ def main(debug: bool) -> None:
 @user_errors
 def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, width: int, seed: int, difficulty: str) -> None:
     """Write synthetic MSG_VIP clips to OUT/{train,val,test}/*.npz."""
+    refuse_link(out, "OUT")
     from .data.synthetic import DemoDataConfig, write_demo_data
 
     try:
@@ -234,6 +236,7 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
 def demo(out: Path, difficulty: str, settings: tuple[str, ...]) -> None:
     """Run the whole chain on synthetic clips under OUT: demo data, extraction, training,
     evaluation against the heuristic baselines, the run's HTML report."""
+    refuse_link(out, "OUT")
     from dataclasses import replace
 
     from .pipelines.demo import DEMO_DATA, run_demo
@@ -388,6 +391,8 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, fro
 
     if resume and run_dir is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
+    if run_dir is not None:
+        refuse_link(run_dir, "--out")
     if resume and overwrite:
         raise click.UsageError("--resume continues the run in --out and --overwrite replaces it; pass one")
     if resume and from_run is not None:
@@ -525,6 +530,8 @@ def report(run_dir: Path, out_dir: Path | None, split: str, cache_dir: str | Non
     """Write one static HTML page about a run (metrics with intervals beside the heuristics,
     learning curves, breakdowns, rank of the target, worst mistakes, config); it opens from the
     file system in any browser, offline."""
+    if out_dir is not None:
+        refuse_link(out_dir, "--out")
     from .pipelines.train import store_of_run
     from .views import write_report
 
@@ -580,6 +587,8 @@ def sweep(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
 
     from .pipelines.sweep import format_summary, run_sweep
 
+    if out is not None:
+        refuse_link(out, "--out")
     store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
     out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{store.fingerprint[:8]}"
     summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset, settings=settings)

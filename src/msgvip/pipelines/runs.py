@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
+from ..files import read_regular_text
 from ..ranker.metrics import HEADLINE_METRICS, PAIRED_METRICS, paired_bootstrap, rank_of_target, ranking_metrics
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.trainer import PROBE_FILE, TrainConfig, best_epoch, read_metrics, run_config, scored_split
@@ -263,7 +264,7 @@ def _test_metrics(folder: Path) -> tuple[dict[str, float], dict[str, list[float]
     if not path.exists():
         return {}, {}, None, None
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_regular_text(path, within=folder))
         model = record["model"]
         metrics, intervals = {}, {}
         for prefix, scored in (("test_", model), ("probe_test_", record.get("probe") or {})):

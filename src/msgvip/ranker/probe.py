@@ -40,6 +40,7 @@ Example, on the geometry of the store `msgvip demo` builds::
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sys
 import time
@@ -59,6 +60,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from ..config import ConfigError
+from ..files import read_regular
 from ..store.feature_store import FeatureStore
 from .dataset import LabelOverrides, StoreDataset
 from .metrics import ranking_metrics
@@ -433,7 +435,7 @@ class FittedProbe:
     def load(cls, path: Path) -> FittedProbe:
         """A saved probe; a damaged file is a ConfigError naming it."""
         try:
-            with np.load(path, allow_pickle=False) as saved:
+            with np.load(io.BytesIO(read_regular(path)), allow_pickle=False) as saved:
                 meta = json.loads(str(saved["meta"]))
                 arrays = {k: saved[k] for k in ("columns", "mean", "scale", "weights", "neighbours", "is_target")}
             geometry = meta["geometry_columns"]

@@ -22,6 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from ..config import ConfigError
+from ..files import refuse_link
 from ..store.feature_store import FeatureStore
 from .svip import FAMILIES, TRAIN_DEFAULTS, SvipConfig, SvipRanker
 from .trainer import CHECKPOINT_VERSION, TrainConfig, _save, load_weights_only
@@ -92,6 +93,7 @@ def import_svip_checkpoint(checkpoint: Path, store: FeatureStore, out: Path, dat
     :data:`SVIP_EXTRACT_HINT` for the extraction closest to svip's.
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    refuse_link(out, "--out")
     taken = [name for name in ("config.json", "best.pt") if (out / name).exists()]
     if taken:
         raise ConfigError(f"{out}: already holds a run ({', '.join(taken)}); choose another --out or remove it")
@@ -120,7 +122,7 @@ def import_svip_checkpoint(checkpoint: Path, store: FeatureStore, out: Path, dat
         "imported_from": {
             "format": "svip", "checkpoint": str(checkpoint.absolute()), "epoch": epoch + 1,
             # svip's own validation numbers (percent for rank@k), finite ones only: config.json is standard JSON
-            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+            "metrics": {k: v for k, v in ((k, _finite(v)) for k, v in metrics.items()) if v is not None},
         },
     }  # fmt: skip
     state = {
@@ -131,3 +133,14 @@ def import_svip_checkpoint(checkpoint: Path, store: FeatureStore, out: Path, dat
     (out / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True) + "\n")
     _save(out / "best.pt", state)
     return out
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (not a number, or beyond a float: svip's 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None

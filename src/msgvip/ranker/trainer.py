@@ -11,6 +11,7 @@ the clips, losses and validation scores are gathered across ranks and only rank 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..domains import check_fields, one_of, ranged
+from ..files import read_regular_text
 from ..store.feature_store import FeatureStore
 from ..store.references import add_reference
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
@@ -319,8 +321,7 @@ def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0, probe_p_value
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's metrics.csv, as text."""
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(read_regular_text(Path(run_dir) / "metrics.csv", within=run_dir), newline="")))
 
 
 def _lr_lambda(total_steps: int, warmup_fraction: float):
@@ -833,7 +834,7 @@ def run_config(run_dir: Path) -> dict:
     """A run directory's config.json, with a one-line error when it is missing or damaged."""
     path = Path(run_dir) / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_regular_text(path, within=run_dir))
     except FileNotFoundError:
         raise ConfigError(f"{run_dir}: no config.json (is it an msgvip run directory?)") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:

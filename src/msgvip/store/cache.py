@@ -95,13 +95,14 @@ def human_size(size: float) -> str:
 
 
 def human_age(timestamp: float, now: float | None = None) -> str:
-    seconds = max(0.0, (now or time.time()) - timestamp)
-    for limit, unit in ((60, "second"), (3600, "minute"), (86400, "hour"), (7 * 86400, "day"), (float("inf"), "week")):
-        if seconds < limit:
-            size = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}[unit]
-            value = int(seconds // size)
-            return f"{value} {unit}{'s' if value != 1 else ''} ago"
-    raise AssertionError("unreachable")
+    seconds = (now or time.time()) - timestamp
+    if not math.isfinite(seconds):
+        return "unknown"
+    seconds = max(0.0, seconds)
+    units = ((60, "second", 1), (3600, "minute", 60), (86400, "hour", 3600), (7 * 86400, "day", 86400))
+    unit, size = next(((unit, size) for limit, unit, size in units if seconds < limit), ("week", 7 * 86400))
+    value = int(seconds // size)
+    return f"{value} {unit}{'s' if value != 1 else ''} ago"
 
 
 def parse_size(text: str) -> int:

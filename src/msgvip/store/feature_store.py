@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import secrets
 import time
@@ -439,9 +440,11 @@ class FeatureStore:
     @property
     def last_used(self) -> float:
         try:
-            return float((self.storage.read(self.key(LAST_USED_FILE)) or b"").decode())
+            value = float((self.storage.read(self.key(LAST_USED_FILE)) or b"").decode())
         except (ValueError, UnicodeDecodeError):
-            return self.created_at  # missing or garbled: the creation time is the honest fallback
+            value = math.nan
+        # missing, garbled or impossible (-inf, nan, the future beyond a day): the creation time is the honest fallback
+        return value if math.isfinite(value) and 0 < value < time.time() + 86400 else self.created_at
 
     @property
     def pinned(self) -> bool:

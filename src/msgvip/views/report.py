@@ -17,6 +17,7 @@ import io
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
+from ..files import file_name_of, read_regular_text
 from ..data.clip import display_path
 from ..ranker.trainer import evaluated_epoch, evaluation, load_checkpoint, run_checkpoint, run_config, scored_split
 from ..store.feature_store import FeatureStore
@@ -112,10 +114,11 @@ def write_report(
 def read_history(path: Path) -> list[dict[str, float]]:
     """The rows of a run's metrics.csv as numbers; [] when there is no such file."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(read_regular_text(path, within=path.parent), newline="")))
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); the run directory is damaged") from None
     history = []
     for number, row in enumerate(rows, start=2):
         try:
@@ -239,7 +242,7 @@ def _gallery_section(run_dir: Path, views: list[ClipScores], store: FeatureStore
     parts = [f'<p class="note">The {len(mistakes)} clips where the target ranked lowest (ties: by how far its score fell short), worst first. '
              f"Box colour: the model's score; red ring: the labeled target; star: the model's top-1.</p>"]  # fmt: skip
     for i, view in enumerate(mistakes, start=1):
-        name = f"{i:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', view.entry.key)}.png"
+        name = f"{i:02d}-{file_name_of(view.entry.key)}.png"
         rendered = render_clips([view], store, out_dir / "gallery" / name, frames)
         image = base64.b64encode(rendered.path.read_bytes()).decode("ascii")
         command = f"msgvip show {run_dir} {view.entry.key} --out {Path(view.entry.key).name}.mp4"
@@ -350,9 +353,16 @@ def _style(name: str):
     import matplotlib
 
     matplotlib.use("Agg")
-    # text as text (small, selectable); a fixed hash salt, so the same run gives the same page
-    return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"msgvip-{name}", "font.size": 9,
+    # text as text (small, selectable), never parsed as mathtext ($x^{$ in a scene name is data);
+    # a fixed hash salt, so the same run gives the same page
+    return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"msgvip-{name}", "font.size": 9, "text.parse_math": False,
                                   "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3})  # fmt: skip
+
+
+def _drawable(text: str) -> str:
+    """``text`` fit to draw into an SVG: control and direction-changing characters (invalid in
+    XML, or reordering what follows them) written as their \\u escapes."""
+    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") else ch for ch in text)
 
 
 def _curve_panels(columns: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -431,7 +441,7 @@ def _draw_breakdown(ax, rows, methods, label) -> None:
             errors = np.array([[v - iv[0], iv[1] - v] for v, iv in zip(values, intervals)]).T  # (2, groups)
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=METHODS[method],
                color=METHOD_COLOURS[method], error_kw={"elinewidth": 0.8})  # fmt: skip
-    ax.set_xticks(x, [f"{group or MISSING}\n(n={s['model']['n']})" for group, s in rows])
+    ax.set_xticks(x, [f"{_drawable(str(group)) if group else MISSING}\n(n={s['model']['n']})" for group, s in rows])
     ax.set(ylabel="Rank@1", xlabel=label, ylim=(0, 1.05))
     ax.legend(fontsize=8, frameon=False, ncols=len(methods), loc="upper center", bbox_to_anchor=(0.5, 1.15))
 

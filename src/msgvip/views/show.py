@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import ConfigError
+from ..files import file_name_of
 from ..data.clip import ClipError, display_path, read_clip
 from ..ranker.metrics import rank_of_target
 from ..ranker.trainer import run_config, scored_split
@@ -183,7 +184,7 @@ def show_clip(
 
 def default_out(run_dir: Path, clip: str) -> Path:
     """Where `msgvip show` writes without --out: ``RUN/show/<clip as a file name>.png``."""
-    return Path(run_dir) / "show" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', clip)}{SHEET_SUFFIX}"
+    return Path(run_dir) / "show" / f"{file_name_of(clip)}{SHEET_SUFFIX}"
 
 
 def select_clips(run_dir: Path, store: FeatureStore, clip: str, split: str | None) -> list[ClipScores]:
