@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +237,67 @@ def test_example_space_is_valid_and_every_combination_of_its_ends_makes_a_config
     ends = [p.choices if p.kind == "categorical" else (p.low, p.high) for p in space.params]
     for values in itertools.product(*ends):
         space.configs(dict(zip((p.name for p in space.params), values)))
+
+
+def _sweep_process(store: FeatureStore, space: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "msgvip", "sweep", "--store", str(store.path), "--space", str(space), "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _states(out: Path) -> list[tuple[str, float | None]]:
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+    return [(t.state.name, t.params.get("train.lr")) for t in study.get_trials(deepcopy=False)]
+
+
+def test_a_sweep_killed_mid_trial_resumes_without_running_or_repeated_points(store, tmp_path):
+    space = write_space(tmp_path / "grid.toml", "epochs = 40\npatience = 100\nbatch_size = 4\nlr = [1e-3, 2e-3, 3e-3]", {"hidden": "8"})
+    out = tmp_path / "grid"
+    proc = _sweep_process(store, space, out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any((out / f"trial-{n}-seed-0" / "metrics.csv").exists() for n in (1, 2)):
+        time.sleep(0.1)  # killed in its second or third trial, once the first is complete
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ("RUNNING", 2e-3) in _states(out) or ("RUNNING", 3e-3) in _states(out)
+
+    resumed = run_sweep(store, space, out, progress=False)
+    states = _states(out)
+    assert "RUNNING" not in {state for state, _ in states}
+    complete = sorted(lr for state, lr in states if state == "COMPLETE")
+    assert complete == [1e-3, 2e-3, 3e-3], states  # each point once, the killed one again
+    assert resumed.study_trials == len(states)
+
+
+def test_two_sweeps_at_once_on_one_storage_complete_each_point_once(store, tmp_path):
+    space = write_space(tmp_path / "grid.toml", "epochs = 2\nbatch_size = 8\nlr = [1e-3, 2e-3, 3e-3, 4e-3]", {"hidden": "8"})
+    out = tmp_path / "shared"
+    first = _sweep_process(store, space, out)
+    time.sleep(0.5)  # the first makes the study; both then run trials side by side
+    second = _sweep_process(store, space, out)
+    for proc in (first, second):
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+    complete = sorted(lr for state, lr in _states(out) if state == "COMPLETE")
+    assert complete == [1e-3, 2e-3, 3e-3, 4e-3], _states(out)
+
+
+def test_storage_of_another_application_or_optuna_version_is_refused(store, tmp_path):
+    import sqlite3
+
+    space = write_space(tmp_path / "grid.toml", "epochs = 1\nlr = [1e-3]", {"hidden": "8"})
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("create table invoices (id integer primary key, total real)")
+    with pytest.raises(ConfigError, match=r"holds tables Optuna did not make \(invoices\)"):
+        run_sweep(store, space, tmp_path / "a", storage=f"sqlite:///{foreign}", progress=False)
+    with sqlite3.connect(foreign) as db:
+        assert [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")] == ["invoices"]  # untouched
+
+    other = tmp_path / "other.db"
+    run_sweep(store, space, tmp_path / "b", storage=f"sqlite:///{other}", progress=False)
+    with sqlite3.connect(other) as db:
+        db.execute("update version_info set library_version = '0.9.0'")
+        db.execute("update alembic_version set version_num = 'v1.2.0.a'")  # a schema revision of an old Optuna
+    with pytest.raises(ConfigError, match=r"--storage sqlite:///.*other.db: .*0\.9\.0.* \(this is optuna "):
+        run_sweep(store, space, tmp_path / "b", storage=f"sqlite:///{other}", progress=False)

@@ -24,8 +24,10 @@ The search space is a TOML file::
 
 Keys are TrainConfig fields ([train]) and fields of the model preset's config ([model], which
 may also name ``preset``); ``seed``, ``device``, ``in_memory`` and the split names take one value.
-A space of lists only is a grid: each combination runs once (Optuna's GridSampler, in an order
-its seed shuffles), and ``trials`` defaults to the points not run yet. Any range makes it a TPE
+A space of lists only is a grid: each combination runs once, in the order of the lists, and
+``trials`` defaults to the points not run yet. Each trial claims its point under a lock beside a
+SQLite storage (:class:`_GridClaims`), so two sweeps sharing a study never run a point twice; a
+point already complete, pruned, failed by its values or running is skipped. Any range makes it a TPE
 search (TPESampler). Trials are pruned by Optuna's MedianPruner on the first seed's val Rank@1
 per epoch. Ties of val Rank@1 between trials are broken by val MRR when the best trial is
 reported (Optuna itself optimises Rank@1 alone, so its dashboard shows no tie-break).
@@ -39,8 +41,11 @@ between all its trials (with ``in_memory = "no"`` they stream from the store eac
 sweep (same out folder name) against one PostgreSQL storage join the same study, each writing its
 trials' run directories locally.
 
-An interrupted trial is marked failed. Optuna's GridSampler counts a failed trial's point as run,
-so a grid interrupted mid-trial does not run that point again in a rerun.
+An interrupted trial is marked failed. A trial whose process was killed (SIGKILL, a lost
+machine) stays RUNNING in the storage: each trial records its host and process, and a sweep
+that starts fails the RUNNING trials of this host whose process is gone at once (Optuna's
+heartbeat fails those of other hosts after ``GRACE_S``), marked ``orphaned``: a grid runs their
+points again.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import time
 import tomllib
 import warnings
@@ -438,16 +444,36 @@ def _best(study: optuna.Study) -> TrialResult | None:
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else None
     try:
+        _check_tables(url)
         with warnings.catch_warnings():
             # heartbeats are "experimental" in Optuna; they are what turns the RUNNING trials of a
             # killed worker into failed ones (at the next trial's start), so they stay
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except RuntimeError as err:  # Optuna's own: a schema another Optuna version wrote
+        raise ConfigError(f"--storage {_hide_password(url)}: {str(err).splitlines()[0]} (this is optuna {optuna.__version__}); "
+                          "give a new --out or --storage, or run the sweep with the optuna version that made it") from None
     except (SQLAlchemyError, ImportError) as err:  # a malformed URL, a missing database driver, a server or file out of reach
         raise ConfigError(
             f"--storage {_hide_password(url)}: cannot open it ({type(err).__name__}: {str(err).splitlines()[0]}); "
             "give an Optuna RDB URL such as sqlite:///path/study.db or postgresql://user@host/db (with its driver installed)"
         ) from None
+
+
+def _check_tables(url: str) -> None:
+    """Refuse a database that holds tables Optuna does not make: another application's, which
+    creating a study would add Optuna's twelve tables to."""
+    from optuna.storages._rdb.models import BaseModel
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        foreign = sorted(set(inspect(engine).get_table_names()) - set(BaseModel.metadata.tables) - {"alembic_version"})
+    finally:
+        engine.dispose()
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"--storage {_hide_password(url)}: holds tables Optuna did not make ({shown}): another application's database; give a database of its own")
 
 
 def _hide_password(url: str) -> str:
@@ -504,10 +530,121 @@ def _splits(store: FeatureStore, job: _Job) -> tuple[StoreDataset, StoreDataset]
 
 def _sampler(job: _Job, worker: int) -> optuna.samplers.BaseSampler:
     if job.space.is_grid:
-        # the seed shuffles the grid's point numbering: one seed, so every worker and rerun numbers it alike
-        return optuna.samplers.GridSampler(job.space.grid, seed=job.space.settings.sampler_seed)
+        return _GridClaims(job.space, job.storage)
     seed = int(np.random.SeedSequence([job.sampler_seed, worker]).generate_state(1)[0])  # workers must not propose the same points
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant liar: running trials steer parallel workers apart
+
+
+# ---------------------------------------------------------------------------------------- grid claims and orphans
+OWNER_ATTR = "msgvip_owner"  # the host and process running a trial
+ORPHAN_ATTR = "msgvip_orphaned"  # a trial failed because its process was gone: its point is free again
+POINT_ATTR = "msgvip_grid_point"  # the grid point a trial claimed (a system attribute), or None: none was left
+
+
+class GridExhausted(ConfigError):
+    """Every grid point was taken between a worker's check and its trial's claim (another sweep)."""
+
+
+class _GridClaims(optuna.samplers.BaseSampler):
+    """Each new trial claims the first grid point no trial holds, under a lock every process
+    sharing the study takes (:func:`_grid_lock`), and its parameters are that point's values.
+    Optuna's GridSampler numbers points by trial number and, once every point has started, hands
+    out running ones again: two sweeps sharing a study completed one point four times."""
+
+    def __init__(self, space: SweepSpace, storage: str):
+        self.space, self.storage = space, storage
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with _grid_lock(self.storage):
+            point = _free_point(study, self.space)
+            study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, None if point is None else list(point))
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict) -> dict:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str, distribution: object) -> Any:
+        point = trial.system_attrs.get(POINT_ATTR)
+        if point is None:
+            raise GridExhausted(f"{self.space.source}: every grid point was taken by another sweep of this study meanwhile")
+        return dict(zip(self.space.grid, point))[name]
+
+
+def _process_token(pid: int) -> str | None:
+    """What tells process ``pid`` from a later one given the same pid (its start time, in clock
+    ticks since boot), "" where the system does not say; None: no such process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "token": _process_token(os.getpid())}
+
+
+def _fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of this host whose process is gone (marked orphaned), and those of
+    any host whose heartbeat is older than the grace period; returns the numbers of the first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR)
+        if not isinstance(owner, dict) or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+            continue
+        now, then = _process_token(owner["pid"]), owner.get("token")
+        if now is None or (now and then and now != then):  # gone, or its pid now names a later process
+            study._storage.set_trial_user_attr(trial._trial_id, ORPHAN_ATTR, True)
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
+
+
+def _taken_points(study: optuna.Study, space: SweepSpace) -> set[tuple]:
+    """The grid points a trial holds: complete, pruned, failed by its values, or running (or
+    claimed by one about to run); an orphaned trial's point is free again."""
+    names = list(space.grid)
+    taken = set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(ORPHAN_ATTR):
+            continue
+        claimed = trial.system_attrs.get(POINT_ATTR)
+        taken.add(tuple(claimed) if claimed is not None else tuple(trial.params.get(n) for n in names))
+    return taken & set(space.grid_points())
+
+
+def _free_point(study: optuna.Study, space: SweepSpace) -> tuple | None:
+    taken = _taken_points(study, space)
+    return next((p for p in space.grid_points() if p not in taken), None)
+
+
+@contextlib.contextmanager
+def _grid_lock(storage: str) -> Iterator[None]:
+    """An exclusive lock for claiming grid points: a flock on a file beside a SQLite study, which
+    every process sharing the study takes. Other storages (PostgreSQL across machines) have no
+    such file; two machines claiming at the same instant could then run one point twice."""
+    url = make_url(storage)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        yield
+        return
+    import fcntl
+
+    with open(f"{url.database}.grid-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _pruner(settings: SweepSettings) -> optuna.pruners.BasePruner:
@@ -563,6 +700,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.channel.started(trial.number)
+        trial.set_user_attr(OWNER_ATTR, _owner())  # a sweep that finds this trial RUNNING and its process gone fails it
         values = {p.name: p.suggest(trial) for p in self.job.space.params}
         try:
             train_config, model_config = self.job.space.configs(values)
@@ -609,6 +747,8 @@ def _work(job: _Job, worker: int, store: FeatureStore, channel: _LocalChannel | 
         study = optuna.load_study(study_name=job.study_name, storage=_open_storage(job.storage), sampler=_sampler(job, worker), pruner=_pruner(job.space.settings))
         objective, done = _Objective(job, store, splits, channel), 0
         while channel.take():
+            if job.space.is_grid and _free_point(study, job.space) is None:
+                break  # every point is taken: by this sweep, or by another one sharing the study
             # a ConfigError (a combination of values the configs refuse) fails this trial, not the sweep
             study.optimize(objective, n_trials=1, catch=(ConfigError,), callbacks=[lambda _, t: channel.finished(_result(t))])
             done += 1
@@ -761,12 +901,12 @@ def run_sweep(
         study = optuna.create_study(storage=_open_storage(url), study_name=out.name, direction="maximize", load_if_exists=True)
     made_for = {"space": space.record(), "fingerprint": store.fingerprint, "dataset": snapshot, "seeds": seeds}
     _check_study(study, made_for, out, shown)
+    orphans = _fail_orphans(study)
+    if orphans:
+        say(f"marked {len(orphans)} trials failed whose process is gone (killed?): {', '.join(map(str, orphans))}")
     todo = trials or space.grid_size
-    if space.is_grid:  # the grid points no finished trial has run yet
-        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
-        names = list(space.grid)
-        visited = {tuple(t.params.get(n) for n in names) for t in finished}
-        todo = min(todo, space.grid_size - len(visited & set(space.grid_points())))
+    if space.is_grid:  # the grid points no trial has taken yet
+        todo = min(todo, space.grid_size - len(_taken_points(study, space)))
     jobs = min(jobs, todo) or 1
     say(f"study '{out.name}' in {shown} ({len(study.trials)} trials so far); look at it with: optuna-dashboard {shown}")
     if todo == 0:
