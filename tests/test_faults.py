@@ -143,3 +143,50 @@ def test_a_damaged_commit_record_is_reported_never_trusted_and_a_rerun_repairs(t
     assert result.exit_code == 1 and "1 problems" in result.output  # the damaged record stays until compacted
     assert CliRunner().invoke(main, ["cache", "compact", summary.fingerprint]).exit_code == 0
     assert CliRunner().invoke(main, ["cache", "verify", summary.fingerprint]).exit_code == 0
+
+
+def test_a_store_in_use_survives_its_lease_file_being_unlinked(tmp_path, cache_dir):
+    # the kernel's lock follows the inode: unlinking the lease file (a tmp cleaner) leaves its
+    # holder locking a file nobody else finds, but the store's directory is locked too
+    summary = run_extract(make_data(tmp_path / "data", 24), cache_dir=cache_dir, progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom msgvip.store import FeatureStore\n"
+         f"store = FeatureStore.open({summary.store!r})\nwith store.lease():\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lease = cache_dir / ".locks" / f"{summary.fingerprint}.lease"
+        for _ in range(3):
+            lease.unlink(missing_ok=True)
+            result = CliRunner().invoke(main, ["cache", "gc", "--max-size", "0", "--include-referenced"])
+            assert result.exit_code == 0 and "under lease" in result.output and Path(summary.store).is_dir(), result.output
+            compacted = CliRunner().invoke(main, ["cache", "compact", summary.fingerprint])
+            assert compacted.exit_code == 1 and "in use" in compacted.output
+        assert FeatureStore.open(Path(summary.store)).verify() == []
+    finally:
+        holder.kill()
+        holder.wait()
+    result = CliRunner().invoke(main, ["cache", "gc", "--max-size", "0", "--include-referenced"])
+    assert "freed" in result.output and not Path(summary.store).exists()  # free once its holder is gone
+
+
+def test_evaluate_beside_compact_never_reports_false_damage(tmp_path, cache_dir):
+    data = make_data(tmp_path / "data", 40)
+    summary = run_extract(data, cache_dir=cache_dir, progress=False)
+    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    env = {**os.environ, "MSGVIP_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    trained = subprocess.run([sys.executable, "-m", "msgvip", "train", "--store", summary.fingerprint, "--out", str(tmp_path / "run"), "--epochs", "1",
+                              "--config", str(tmp_path / "small.toml"), "--no-probe"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    compactor = subprocess.Popen([sys.executable, "-c", "import sys\nfrom msgvip.store.compact import compact\nfrom msgvip.store import open_storage\n"
+                                  "from msgvip.store.feature_store import StoreError\nroot = open_storage(sys.argv[1])\nfor _ in range(400):\n"
+                                  "    try:\n        compact(root, sys.argv[2])\n    except StoreError:\n        pass\n",
+                                  str(cache_dir), summary.fingerprint], env=env)  # fmt: skip
+    try:
+        for _ in range(6):
+            evaluated = subprocess.run([sys.executable, "-m", "msgvip", "evaluate", str(tmp_path / "run"), "--split", "val"], env=env, capture_output=True, text=True)
+            assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    finally:
+        compactor.kill()
+        compactor.wait()
+    assert FeatureStore.open(Path(summary.store)).verify() == []

@@ -9,9 +9,11 @@ set in the environment (the dask workers inherit it) before anything opens the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from click.testing import CliRunner
 
 from msgvip.cli import main
 from msgvip.store import FeatureStore, open_storage
+from msgvip.store.compact import compact as compact_store
 from msgvip.store.feature_store import COMMITS, SEGMENTS, ZARR_DIR
 from msgvip.store import locks
 from msgvip.store.locks import LEASES, exclusive_store_lease, store_in_use, store_lease
@@ -269,3 +272,86 @@ def test_a_held_lease_stays_fresh_by_its_heartbeat(s3, monkeypatch):
         with exclusive_store_lease(storage, fp) as free:
             assert not free
     assert not store_in_use(storage, fp) and storage.list(f"{LEASES}/") == []
+
+
+class StallableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server whose traffic can be stalled (held,
+    connections kept open, nothing forwarded): a network partition, not a refused connection."""
+
+    def __init__(self, endpoint: str):
+        host, port = endpoint.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self.flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_writer_cut_off_longer_than_its_lease_fails_instead_of_committing(s3, extracted, monkeypatch):
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(locks, "STALE_SECONDS", 2.0)
+    fp = extracted.fingerprint
+    root = s3.copy_store(fp, "partition")
+    proxy = StallableProxy(s3.endpoint)
+    try:
+        cut_off = open_storage(root, {"endpoint_url": proxy.endpoint, "read_timeout": "1", "connect_timeout": "1"})
+        store = FeatureStore.open_in(cut_off, fp)
+        before = {h: r.segment for h, r in store.clips.items()}
+        with store.lease():
+            writer = store.writer()
+            features = store.read_clip(next(iter(store.clips)))
+            writer.add("f" * 32, features)  # a clip of a new content, buffered: its commit comes after the partition
+            proxy.flowing.clear()  # the partition: the writer's heartbeats stop landing
+            time.sleep(3.0)
+            summary = compact_store(open_storage(root), fp)  # another client: the writer looks dead to it
+            assert summary.clips_kept == len(before)
+            proxy.flowing.set()
+            with pytest.raises(locks.LeaseLost, match="lease on the store is lost"):
+                writer.flush()
+    finally:
+        proxy.flowing.set()
+        proxy.close()
+    healthy = FeatureStore.open(f"{root}/{fp}")
+    assert healthy.verify() == [] and set(healthy.clips) == set(before)  # every clip intact, nothing half-committed
+
+
+@pytest.mark.parametrize("command", [["cache", "ls"], ["cache", "pin", "PREFIX"]])
+def test_a_stalled_connection_times_out_with_one_line(s3, extracted, command):
+    proxy = StallableProxy(s3.endpoint)
+    try:
+        option = ["--storage-option", f"endpoint_url={proxy.endpoint}", "--storage-option", "read_timeout=1", "--storage-option", "connect_timeout=1"]
+        run("cache", "ls", "--cache-dir", extracted.root, *option)  # through the proxy, flowing
+        proxy.flowing.clear()
+        start = time.monotonic()
+        argv = [extracted.fingerprint[:12] if a == "PREFIX" else a for a in command]
+        result = run(*argv, "--cache-dir", extracted.root, *option, code=1)
+        assert time.monotonic() - start < 60 and "ReadTimeoutError" in result.output and len(result.output.strip().splitlines()) == 1
+    finally:
+        proxy.flowing.set()
+        proxy.close()

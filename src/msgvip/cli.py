@@ -26,10 +26,10 @@ from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
 from .store import cache as cache_mod
 from .store.compact import compact as compact_store
 from .store.feature_store import SCHEMA_VERSION, StoreError
-from .store.locks import LockTimeout
+from .store.locks import LeaseLost, LockTimeout
 from .store.storage import StorageError, object_store_errors, parse_storage_options
 
-USER_ERRORS = (StoreError, StorageError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, cache_mod.GcPolicyError, ConfigError,
+USER_ERRORS = (StoreError, StorageError, SourceError, UnknownFeatureError, ExtractAborted, LockTimeout, LeaseLost, cache_mod.GcPolicyError, ConfigError,
                *object_store_errors())  # fmt: skip
 
 

@@ -6,7 +6,6 @@ Its names load on first use (PEP 562), so a command that never trains (``msgvip 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 _WHERE = {
@@ -24,7 +23,10 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    from . import dataset, losses, metrics, model, trainer  # torch and torch_geometric load here, on first use
+
+    modules = {"dataset": dataset, "losses": losses, "metrics": metrics, "model": model, "trainer": trainer}
+    return getattr(modules[_WHERE[name]], name)
 
 
 def __dir__() -> list[str]:

@@ -299,10 +299,11 @@ def plan_gc(
         for store in reversed(by_recent):  # least recently used first
             if remaining <= max_size:
                 break
-            if store.fingerprint in reasons or store.fingerprint in protected:
+            if store.fingerprint in reasons:
                 continue
             reasons[store.fingerprint] = f"least recently used while over {human_size(max_size)}"
-            remaining -= store.size_on_disk
+            if store.fingerprint not in protected:  # a protected one is listed as kept, and frees nothing
+                remaining -= store.size_on_disk
     damaged = {s.fingerprint: f"damaged, left for you to inspect ({s.problem})" for s in scan.stores if s.problem and s.fingerprint not in reasons}
     order = [*by_recent, *(s for s in scan.stores if s.problem)]
     delete = tuple((s, reasons[s.fingerprint]) for s in order if s.fingerprint in reasons and s.fingerprint not in protected)

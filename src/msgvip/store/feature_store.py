@@ -44,7 +44,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from .fingerprint import array_checksum, fingerprint, is_fingerprint
-from .locks import store_lease
+from .locks import check_lease, store_lease
 from .records import ClipRecord, DamagedRecord, Snapshot, commit_document, parse_commit, seal, unseal
 from .storage import ENDPOINT_HINT, Storage, object_store_errors, open_storage
 
@@ -429,9 +429,18 @@ class FeatureStore:
     # ---------------------------------------------------------------- state
     @contextmanager
     def lease(self) -> Iterator[None]:
-        """Hold a shared lease for the block: gc and compact leave the store alone while it is held."""
+        """Hold a shared lease for the block: gc and compact leave the store alone while it is
+        held. The commit records are read again once it is held: a compaction that ran before may
+        have replaced the ones read when the store was opened."""
         with store_lease(self.storage, self.fingerprint):
+            self.reload()
             yield
+
+    def reload(self) -> None:
+        """Read every commit record afresh (records a compaction removed are forgotten)."""
+        self.clips, self.damaged_commits, self._seen_commits = {}, {}, set()
+        self._arrays.clear()
+        self.refresh()
 
     def touch(self) -> None:
         """Record use now (file atime is unreliable, so msgvip writes it itself)."""
@@ -570,6 +579,7 @@ class SegmentWriter:
         self.pending = self.pending[len(done) :]
         self._pending_hashes.difference_update(r.content_hash for r in done)
         key = self.store.key(COMMITS, f"{self.segment}-{self.seq:06d}.json")
+        check_lease(self.store.storage, self.store.fingerprint)  # a lost lease fails here: a compaction may have dropped this segment
         self.store.storage.write(key, commit_document(self.segment, self.seq, done, time.time()))
         self.seq += 1
         self.committed += done

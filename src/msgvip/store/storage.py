@@ -12,6 +12,7 @@ without a hop to zarr's I/O thread per call (opening a store reads and lists sev
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import stat
@@ -38,6 +39,11 @@ FSSPEC_DEFAULTS = {
     "max_concurrency": 1,
 }
 BOOLEAN_OPTIONS = ("anon", "use_ssl", "requester_pays", "version_aware", "use_listings_cache")  # s3fs's, given as text
+# A stalled connection (not a cut one) waited for ever: every request now gives up after these
+# seconds without a byte, twice at most (botocore), and s3fs retries it once; the command then
+# ends with one line naming the root. ``--storage-option read_timeout=120`` for slow links.
+TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0}
+S3FS_RETRIES = 2
 ENDPOINT_HINT = (
     "check the endpoint (AWS_ENDPOINT_URL or --storage-option endpoint_url=...) and the credentials "
     "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --storage-option key=... --storage-option secret=...)"
@@ -208,6 +214,9 @@ def open_storage(root: str | os.PathLike, options: Mapping[str, str] | None = No
     if not bucket:
         raise StorageError(f"cache root {text!r}: no bucket name; write s3://bucket/prefix")
     storage_options = {**FSSPEC_DEFAULTS, **_aws_environment(), **{k: _typed(k, v) for k, v in (options or {}).items()}}
+    timeouts = {k: storage_options.pop(k, default) for k, default in TIMEOUTS.items()}
+    storage_options.setdefault("session", _session_without_expect())
+    storage_options["config_kwargs"] = {**timeouts, "retries": {"max_attempts": 2, "mode": "standard"}, **storage_options.get("config_kwargs", {})}
     client_kwargs = {}
     if "endpoint_url" in storage_options:
         client_kwargs["endpoint_url"] = storage_options.pop("endpoint_url")
@@ -217,9 +226,25 @@ def open_storage(root: str | os.PathLike, options: Mapping[str, str] | None = No
         store = FsspecStore.from_url(text.rstrip("/"), storage_options={**storage_options, "client_kwargs": client_kwargs})
     except ImportError:
         raise StorageError(f"cache root {text!r}: object storage needs s3fs (pip install s3fs)") from None
+    store.fs.retries = S3FS_RETRIES  # a class attribute of s3fs (5), not an option
     storage = Storage(text.rstrip("/"), store, None, options or {})
     _check_bucket(storage, bucket)
     return storage
+
+
+def _session_without_expect():
+    """An aiobotocore session whose S3 requests never ask ``Expect: 100-continue``: aiohttp waits
+    for the 100 Continue with no timeout at all, so a PUT on a stalled connection (a partition)
+    hung for ever while GETs timed out as configured. Without it the body goes with the headers."""
+    import aiobotocore.session
+
+    session = aiobotocore.session.AioSession()
+    session.register("before-send.s3", _drop_expect)
+    return session
+
+
+def _drop_expect(request, **kwargs) -> None:
+    request.headers.pop("Expect", None)
 
 
 async def _collect(keys) -> list[str]:
@@ -257,6 +282,14 @@ def _typed(key: str, value: object) -> object:
         if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise StorageError(f"--storage-option {key}={value}: {key} is true or false")
         return value.strip().lower() in ("true", "1", "yes")
+    if key in TIMEOUTS:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise StorageError(f"--storage-option {key}={value}: {key} is a number of seconds > 0")
+        return seconds
     if key == "max_concurrency":
         if not value.strip().isdigit() or int(value) < 1:
             raise StorageError(f"--storage-option {key}={value}: {key} is a whole number >= 1")
