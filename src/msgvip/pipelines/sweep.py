@@ -276,7 +276,7 @@ def _typed(where: str, value: Any, default: Any) -> Any:
             try:
                 value = float(value)
             except OverflowError:
-                raise ConfigError(f"{where}: must be a finite number, got {value:.3g}") from None
+                raise ConfigError(f"{where}: must be a finite number, got an integer of {value.bit_length()} bits") from None
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if not ok:

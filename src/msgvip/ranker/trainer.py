@@ -105,7 +105,7 @@ def build_config(cls, values: Mapping, source: str):
             try:
                 values = {**values, key: float(value)}
             except OverflowError:
-                raise ConfigError(f"{source}: {cls.__name__}.{key} must be a float, got {value:.3g}, beyond the largest float") from None
+                raise ConfigError(f"{source}: {cls.__name__}.{key} must be a float, got an integer of {value.bit_length()} bits, beyond the largest float") from None
         elif not ok:
             raise ConfigError(f"{source}: {cls.__name__}.{key} must be {type(default).__name__}, got {value!r}")
     try:
