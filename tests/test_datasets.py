@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,33 @@ def test_a_damaged_checkpoint_or_run_config_is_a_one_line_error(tmp_path, cache_
     (tmp_path / "run" / "config.json").write_text("{not json")
     failed = run("evaluate", tmp_path / "run", code=1)
     assert "config.json: unreadable" in failed.output and "damaged" in failed.output
+
+
+def test_an_outlier_clip_is_batched_alone_and_pads_no_other_clip(tmp_path, cache_dir):
+    data = tmp_path / "data"
+    for i in range(40):
+        save_clip(data / "train" / f"clip_{i:02d}.npz", tiny_clip(seed=i, frames=8, slots=5))
+    save_clip(data / "train" / "outlier.npz", tiny_clip(seed=99, frames=400, slots=400, height=24, width=40, people=3))
+    store = FeatureStore.open(run_extract(data, progress=False).store)
+    dataset = StoreDataset(store, "train", in_memory="yes")
+    outlier = next(i for i, e in enumerate(dataset.entries) if "outlier" in e.key)
+    for seed in range(3):
+        shapes = [(len(b.index), *b.person_mask.shape[1:], outlier in b.index.tolist()) for b in dataset.batches(8, shuffle=True, seed=seed, prefetch=0)]
+        assert (1, 400, 400, True) in shapes  # the outlier in a batch of its own
+        assert all((t, n) == (8, 5) for _, t, n, has in shapes if not has)  # every other batch at the small clips' size
+        assert sum(size for size, *_ in shapes) == len(dataset)
+        assert dataset.steps(8) - 2 <= len(shapes) <= dataset.steps(8) + 2
+    uniform = StoreDataset(store, "train", in_memory="yes").batch_positions(np.array([p for p in range(len(dataset)) if p != outlier]), 8)
+    assert [len(b) for b in uniform] == [8] * 5  # clips of one shape always fill whole batches
+
+
+def test_a_clip_too_long_to_train_on_is_refused_before_the_first_epoch(tmp_path, cache_dir):
+    data = make_data(tmp_path / "data")
+    frames, boxes = 100_000, np.tile(np.array([[1, 1, 5, 5], [2, 2, 6, 7]], np.float32), (100_000, 1, 1))
+    np.savez_compressed(data / "train" / "endless.npz", frames=np.zeros((frames, 8, 8, 3), np.uint8), bboxes=boxes,
+                        person_mask=np.ones((frames, 2), bool), target_index=np.array(0), scene_category=np.array("03"))  # fmt: skip
+    store = FeatureStore.open(run_extract(data, progress=False).store)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["train", "--store", str(store.path), "--out", str(tmp_path / "run"), "--no-probe"])
+    assert result.exit_code == 1 and "100000 frames x 2 slots) needs at least" in result.output and "GiB" in result.output, result.output
+    assert time.monotonic() - started < 60 and not (tmp_path / "run" / "metrics.csv").exists()

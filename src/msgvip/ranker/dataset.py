@@ -114,6 +114,12 @@ def _memory_budget() -> int:
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.4)
 
 
+# A batch pads its clips to their largest frames x persons: up to this many times the cells of
+# batch_size typical clips (the median), before an outlier is put in a batch of its own. Clips of
+# one shape (every synthetic world, Temporal-VIP's 120 frames) always fill whole batches.
+PAD_BUDGET = 2.0
+
+
 class StoreDataset:
     """The clips of one split (``None`` = all) of a dataset snapshot of a store.
 
@@ -174,6 +180,9 @@ class StoreDataset:
         self.starts[self.storage_order] = np.cumsum(self.lengths[self.storage_order]) - self.lengths[self.storage_order]
         self.frames = max((r.frames for r in self.records), default=0)
         self.persons = max((r.persons for r in self.records), default=0)
+        self._clip_frames = np.array([r.frames for r in self.records], dtype=np.int64)
+        self._clip_persons = np.array([r.persons for r in self.records], dtype=np.int64)
+        self._typical_cells = float(np.median(self._clip_frames * self._clip_persons)) if self.records else 1.0
         geometry = store.config.get("features", {}).get("geometry", {}).get("features", [])
         self.baseline_columns = [geometry.index(n) for n in BASELINE_GEOMETRY] if set(BASELINE_GEOMETRY) <= set(geometry) else None
         row_bytes = sum(specs[f].row_bytes for f in self.families) + 8  # + frame, slot
@@ -237,6 +246,28 @@ class StoreDataset:
             features[f] = dense
         return ClipBatch(features, mask, target, index, slot_order)
 
+    def batch_positions(self, order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """``order`` cut into batches of up to ``batch_size`` consecutive clips, each cut early
+        where padding its clips to their largest frames x persons would take more than
+        PAD_BUDGET x ``batch_size`` typical clips (the median frames x persons): a clip far longer
+        or wider than the rest (400 frames x 400 slots among 8 x 5 ones) then costs only itself,
+        in a batch of its own, instead of padding every clip beside it to its size."""
+        budget = PAD_BUDGET * batch_size * self._typical_cells
+        batches, start, frames, persons = [], 0, 0, 0
+        for i, position in enumerate(order):
+            frames, persons = max(frames, self._clip_frames[position]), max(persons, self._clip_persons[position])
+            if i > start and (i - start == batch_size or (i - start + 1) * frames * persons > budget):
+                batches.append(order[start:i])
+                start, frames, persons = i, self._clip_frames[position], self._clip_persons[position]
+        if len(order):
+            batches.append(order[start:])
+        return batches
+
+    def steps(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches of an epoch per rank, in storage order (a shuffled epoch may cut an outlier's
+        batch elsewhere: a step or two more or fewer)."""
+        return -(-len(self.batch_positions(self.storage_order, batch_size)) // world_size)
+
     def epoch_order(self, shuffle: bool, generator: torch.Generator, window_clips: int) -> list[np.ndarray]:
         """Positions of one epoch, as windows of clips that lie close together in the store:
         blocks of clips in storage order are shuffled, then clips within each window, so a
@@ -272,11 +303,11 @@ class StoreDataset:
         g = torch.Generator().manual_seed(seed)
         windows = self.epoch_order(shuffle, g, window_clips)
         order = np.concatenate(windows) if windows else np.arange(0)
-        if world_size > 1:
-            per_rank = -(-len(order) // world_size)
-            order = np.resize(order, per_rank * world_size)[rank::world_size]
         permute = g if permute_slots else None
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = self.batch_positions(order, batch_size)
+        if world_size > 1:  # every rank takes as many steps: the batch list padded by repetition
+            per_rank = -(-len(batches) // world_size)
+            batches = [batches[i % len(batches)] for i in range(per_rank * world_size)][rank::world_size]
         if self._cache is not None:
             for positions in batches:
                 rows = torch.from_numpy(self._rows_of(positions))

@@ -32,6 +32,7 @@ from ..config import ConfigError
 from ..domains import check_fields, one_of, ranged
 from ..files import read_regular_text
 from ..store.feature_store import FeatureStore
+from ..store.records import ClipRecord
 from ..store.references import add_reference
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
 from .host_memory import retain_freed_memory
@@ -421,6 +422,39 @@ def run_probe(run_dir: Path) -> FittedProbe | None:
     return FittedProbe.load(path) if path.exists() else None
 
 
+def clip_step_bytes(model_config: object, record: ClipRecord) -> int:
+    """A floor on the memory one training step on clip ``record`` alone takes: the attention
+    weights of the temporal layers (each present person's frames attend to each other, T^2 per
+    head) and of the graph layers (each frame's persons, N^2 per head), float32, kept for the
+    backward pass (x3). Features and activations come on top."""
+    frames, persons = record.frames, max(1, -(-record.length // max(record.frames, 1)))  # present persons, on average
+    temporal = persons * frames**2 * getattr(model_config, "temporal_heads", 1) * max(1, getattr(model_config, "temporal_layers", 1))
+    graph = frames * persons**2 * getattr(model_config, "gat_heads", 1) * max(1, getattr(model_config, "gat_layers", 1))
+    return 4 * 3 * (temporal + graph)
+
+
+def _check_clip_memory(model_config: object, records: Sequence[ClipRecord], where: str, device: torch.device) -> None:
+    """Refuse, before any epoch, a dataset whose largest clip cannot be trained on in this
+    machine's memory (a 28 kB clip of 100,000 frames ran 865 s before it ran out of memory)."""
+    if not records:
+        return
+    record = max(records, key=lambda r: clip_step_bytes(model_config, r))
+    need, have = clip_step_bytes(model_config, record), _memory_bytes(device)
+    if have and need > have:
+        raise ConfigError(f"{where}: clip {record.content_hash} ({record.frames} frames x {record.persons} slots) needs at least {need / 2**30:,.0f} GiB "
+                          f"for one training step (its attention alone), more than the {have / 2**30:,.0f} GiB of {device}; cut the clip or leave it out")
+
+
+def _memory_bytes(device: torch.device) -> int:
+    """Memory of ``device``: the GPU's, or this machine's physical memory (0 where the system does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -492,6 +526,7 @@ def train(
         longest = max(store.clips[e.content_hash].frames for e in snapshot.entries if e.content_hash in store.clips)
         if hasattr(model_config, "max_frames"):
             model_config = replace(model_config, max_frames=max(model_config.max_frames, longest))
+        _check_clip_memory(model_config, [store.clips[e.content_hash] for e in snapshot.entries if e.content_hash in store.clips], store.location, runtime.device)
 
         probe_error = None
         if not cfg.probe:
@@ -512,7 +547,7 @@ def train(
             raise ConfigError(f"{store.location}: {err}") from None
         loss_terms = model.loss_terms  # kept before a DDP wrap hides it
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(math.ceil(len(train_data) / runtime.world_size) / cfg.batch_size)
+        steps_per_epoch = train_data.steps(cfg.batch_size, runtime.world_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
         config_record = {
             "train": asdict(cfg), "model_preset": preset.name, "model": model_config.to_dict(), "families": train_data.families,
