@@ -126,6 +126,11 @@ def _os_error_message(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}" + (f" (and {err.filename2})" if err.filename2 else "")
 
 
+def showing_progress() -> bool:
+    """Whether progress is shown (bars on a terminal, lines in a log): not with msgvip --quiet."""
+    return not click.get_current_context().find_root().params.get("quiet")
+
+
 def debugging() -> bool:
     """Whether --debug (or MSGVIP_DEBUG=1) asked for tracebacks."""
     return bool(click.get_current_context().find_root().params.get("debug"))
@@ -195,7 +200,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], shrink
 @click.group(cls=MsgvipGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="msgvip", message=f"%(prog)s %(version)s (writes and reads store schema {SCHEMA_VERSION})")
 @click.option("--debug", is_flag=True, envvar="MSGVIP_DEBUG", show_envvar=True, help="Let errors through with their traceback, for bug reports.")
-def main(debug: bool) -> None:
+@click.option("--quiet", is_flag=True, envvar="MSGVIP_QUIET", show_envvar=True, help="No progress: print only each command's final summary.")
+def main(debug: bool, quiet: bool) -> None:
     """msgvip: extract frozen-backbone features once into a fingerprinted Zarr store, then train
     the graph + temporal important-person ranker from it many times."""
     # `debug` is read from the context where errors are handled (debugging()), not here
@@ -222,7 +228,7 @@ def demo_data(out: Path, clips: int, frames: int, persons: int, height: int, wid
         config = DemoDataConfig(clips=clips, frames=frames, persons=persons, height=height, width=width, seed=seed, difficulty=difficulty)
     except ValueError as err:  # the config's own limits, e.g. "frames must be >= 4 ..., got 2"
         raise click.UsageError(str(err)) from None
-    summary = write_demo_data(out, config, progress=True)
+    summary = write_demo_data(out, config, progress=showing_progress())
     splits = ", ".join(f"{n} {s}" for s, n in summary.clips_per_split.items())
     click.echo(f"wrote {sum(summary.clips_per_split.values())} clips ({splits}) to {summary.out} in {summary.seconds:.1f} s")
 
@@ -241,7 +247,7 @@ def demo(out: Path, difficulty: str, settings: tuple[str, ...]) -> None:
 
     from .pipelines.demo import DEMO_DATA, run_demo
 
-    result = run_demo(out, data=replace(DEMO_DATA, difficulty=difficulty), settings=settings)
+    result = run_demo(out, data=replace(DEMO_DATA, difficulty=difficulty), settings=settings, progress=showing_progress())
     click.echo(f"\ntest split, {result.test['clips']} clips:")
     _print_metrics_table(result.test)
     click.echo(f"\ndone in {result.seconds:.0f} s: clips in {out / 'data'}, store {result.extract.store}, run in {result.run_dir}")
@@ -276,7 +282,7 @@ def extract(data: Path, cache_dir: str | None, storage_options: dict, on_error: 
     config = extract_config(**fields)
     if scheduler is None:  # a remote cluster's workers have their own devices
         check_device(config.device)
-    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=not as_json, workers=workers, scheduler=scheduler,
+    summary = run_extract(data, config, cache_dir=cache_dir, on_error=on_error, progress=showing_progress() and not as_json, workers=workers, scheduler=scheduler,
                           dataset=dataset, storage_options=storage_options)  # fmt: skip
     if as_json:
         print_json(summary.to_json())
@@ -412,7 +418,8 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, fro
     if resuming and store_ref is None and data is None:  # the store the run trained on, and its dataset
         store, dataset = store_of_run(run_dir, cache_dir, storage_options), dataset or run_config(run_dir).get("dataset")
     else:
-        store, dataset, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir, dataset=dataset, storage_options=storage_options)
+        store, dataset, _ = store_for_training(store_ref, data, extract_config(**model_fields), cache_dir, progress=showing_progress(), dataset=dataset,
+                                               storage_options=storage_options)  # fmt: skip
     # removed only now that the store is found, so a failed lookup leaves the old run whole; every
     # torchrun rank may get here, and none writes before all have (the process group waits for them)
     for path in earlier:
@@ -422,7 +429,7 @@ def train(store_ref, data, cache_dir, storage_options, run_dir, config_file, fro
         shutil.rmtree(run_dir / "records", ignore_errors=True)
     run_dir = run_dir or _default_run_dir(store.fingerprint)
     summary = train_run(store, run_dir, train_config, model_config, labels=read_label_overrides(labels) if labels else None, resume=resume,
-                        dataset=dataset, allow_duplicates=allow_duplicates)  # fmt: skip
+                        dataset=dataset, allow_duplicates=allow_duplicates, progress=showing_progress())  # fmt: skip
     if summary.rank != 0:
         return
     _print_unmatched(summary.unmatched_labels, labels)
@@ -556,7 +563,7 @@ def probe(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
 
     store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
     families = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    report = probe_store(store, dataset, families, progress=not as_json, labels=read_label_overrides(labels) if labels else None)
+    report = probe_store(store, dataset, families, progress=showing_progress() and not as_json, labels=read_label_overrides(labels) if labels else None)
     if as_json:
         print_json(report.to_json())
         return
@@ -591,7 +598,8 @@ def sweep(store_ref: str, cache_dir: str | None, storage_options: dict, dataset:
         refuse_link(out, "--out")
     store = cache_mod.resolve_store(cache_mod.cache_root(cache_dir, storage_options), store_ref)
     out = out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{store.fingerprint[:8]}"
-    summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset, settings=settings)
+    summary = run_sweep(store, space_file, out, trials=trials, seeds=seeds, jobs=jobs, storage=storage, dataset=dataset, preset=preset, settings=settings,
+                        progress=showing_progress())  # fmt: skip
     click.echo(format_summary(summary))
 
 

@@ -85,6 +85,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..progress import progress_bar
+
 # How often each cue is present: high enough to learn, low enough that no cue is certain.
 P_OTHER_APPROACHES = 0.7  # each bystander walks toward the target
 P_OTHER_WANDERS = 0.15  # ... else walks to a random spot (else stands still)
@@ -210,12 +212,7 @@ def write_demo_data(out: str | Path, config: DemoDataConfig, progress: bool = Fa
     start = time.perf_counter()
     out = Path(out)
     counts = {name: 0 for name, _ in config.splits}
-    indices = range(config.clips)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="demo clips", unit="clip")
-    for index in indices:
+    for index in progress_bar(range(config.clips), desc="demo clips", unit="clip", enabled=progress):
         split = split_of(index, config)
         _save_atomic(out / split / f"clip_{index:05d}.npz", generate_clip(index, config))
         counts[split] += 1

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import platformdirs
-from tqdm import tqdm
 
 from ..config import ConfigError, ExtractConfig
 from ..data.clip import DEFAULT_MAX_CLIP_BYTES, Clip, ClipError, read_clip
 from ..data.sources import ClipSource, discover_clips
 from ..extract.registry import Extractor, build_extractors, identity
+from ..progress import progress_bar
 from ..store.cache import cache_root
 from ..store.feature_store import MASK_ARRAY, FeatureStore, StoreError
 from ..store.hash_cache import FileStat, HashCache
@@ -106,7 +106,7 @@ class ExtractRun:
         self.redo: set[str] = set()  # content hashes whose stored rows are damaged
         self.checked: set[str] = set()  # content hashes whose stored rows were checked this run
         self.progress = progress
-        self.bar: tqdm | None = None
+        self.bar = None  # progress_bar, once the clips to extract are known
 
     def open_store(self) -> FeatureStore:
         """Create (or open) the store; call under its lease."""
@@ -143,7 +143,7 @@ class ExtractRun:
                 pending.append(src)
             else:
                 self.cached(src, hit[0], hit[1] if src.target is None else src.target, hit[2])
-        self.bar = tqdm(total=len(self.sources), initial=self.summary.cached, unit="clip", desc="extract", disable=not self.progress, dynamic_ncols=True)
+        self.bar = progress_bar(total=len(self.sources), initial=self.summary.cached, unit="clip", desc="extract", enabled=self.progress)
         return pending
 
     def _member(self, src: ClipSource, digest: str, target: int, scene: str) -> None:
@@ -168,16 +168,22 @@ class ExtractRun:
         for key, count in repairs.items():
             self.summary.repairs[key] = self.summary.repairs.get(key, 0) + count
 
-    def committed(self, src: ClipSource | None, digest: str = "", target: int = -1, scene: str = "", crops: int = 0) -> None:
-        """A clip whose rows this run wrote (``src`` None: only crops to count)."""
+    def committed(self, src: ClipSource | None, digest: str = "", target: int = -1, scene: str = "", crops: int = 0, shown: bool = False) -> None:
+        """A clip whose rows this run wrote (``src`` None: only person-frames to count); ``shown``:
+        the progress bar counted it already, when its features were extracted."""
         if src is not None:
             self.summary.written += 1
             self.summary.repaired += digest in self.redo
             self._member(src, digest, target, scene)
-            self.bar.update(1)
+            if not shown:
+                self.bar.update(1)
         self.summary.crops += crops
-        if crops:
-            self.bar.set_postfix_str(f"{self.summary.crops / (time.perf_counter() - self.start):.0f} crops/s", refresh=False)
+        if crops:  # every family's rows are person-frames; only appearance and face cut crops from them
+            self.bar.set_postfix_str(f"{self.summary.crops / (time.perf_counter() - self.start):.0f} person-frames/s", refresh=False)
+
+    def extracted(self, clips: int) -> None:
+        """Clips whose features are computed (their commit follows): the bar moves now, not a commit of 64 later."""
+        self.bar.update(clips)
 
     def _previous_snapshot(self) -> Snapshot | None:
         """The snapshot this run replaces; a damaged one is replaced too (that is its repair)."""
@@ -270,12 +276,13 @@ def _extract_here(run: ExtractRun) -> None:
             with waiting_lock:
                 done = waiting.pop(record.content_hash, [])
             for src, clip in done:
-                run.committed(src, clip.content_hash, clip.target, clip.scene)
+                run.committed(src, clip.content_hash, clip.target, clip.scene, shown=True)
 
     def write() -> None:
         """Extract the group here, then hand it to the writer thread (at most two groups queued)."""
         clips = [clip for _, clip in group]
         features = extract_features(run.extractors, clips)
+        run.extracted(len(clips))
         while len(queued) >= 2:
             queued.pop(0).result()
         queued.append(background.submit(store_group, clips, features, sum(int(c.person_mask.sum()) for c in clips)))
@@ -293,6 +300,7 @@ def _extract_here(run: ExtractRun) -> None:
                 if queued_already:
                     waiting[clip.content_hash].append((src, clip))
             if queued_already:
+                run.extracted(1)  # committed with the clip of the same bytes
                 continue
             if run.is_stored(clip.content_hash):
                 run.cached(src, clip.content_hash, clip.target, clip.scene)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from ..config import ConfigError
 from ..domains import check_fields, one_of, ranged
 from ..files import read_regular_text
+from ..progress import progress_bar
 from ..store.feature_store import FeatureStore
 from ..store.records import ClipRecord
 from ..store.references import add_reference
@@ -489,8 +490,6 @@ def train(
     stop the run (a pruned trial). ``probe`` is the probe of those splits, fitted already (a
     sweep's worker fits it once); else it is fitted here unless ``train_config.probe`` is off.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     runtime = Runtime.setup(train_config.device)
     if runtime.device.type == "cpu":
@@ -651,7 +650,7 @@ def train(
             losses, hits, counted = [], 0, 0
             batches = train_data.batches(cfg.batch_size, shuffle=True, permute_slots=cfg.permute_slots, seed=cfg.seed + epoch,
                                          rank=runtime.rank, world_size=runtime.world_size, packed=_packed(model))  # fmt: skip
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not (progress and runtime.is_main), leave=False)
+            bar = progress_bar(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", enabled=progress and runtime.is_main, leave=False)
             while True:
                 tick = time.perf_counter()
                 batch = next(batches, None)
