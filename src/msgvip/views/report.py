@@ -380,7 +380,7 @@ def _curve_panels(columns: Sequence[str]) -> list[tuple[str, list[str]]]:
         elif column.startswith(("train_", "val_")):
             title = "MRR and mAP"
         else:
-            title = {"lr": "learning rate", "seconds": "seconds per epoch", "data_wait_fraction": "share of time waiting for data"}.get(column, column)
+            title = {"lr": "learning rate", "seconds": "seconds per epoch", "data_wait_fraction": "waiting for data (% of the epoch)"}.get(column, column)
         panels.setdefault(title, []).append(column)
     return list(panels.items())
 
@@ -402,7 +402,8 @@ def _curves_figure(history: list[dict], best_epoch: int | None) -> str:
 def _draw_curves(axes, panels, epochs, history, best_epoch) -> None:
     for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
-            ax.plot(epochs, [h[name] for h in history], marker="o", markersize=3, label=name)
+            scale = 100 if name == "data_wait_fraction" else 1  # in percent, as `msgvip train` prints it
+            ax.plot(epochs, [h[name] * scale for h in history], marker="o", markersize=3, label=name)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="#555", linestyle="--", linewidth=0.8)
         ax.set(title=title, xlabel="epoch")
