@@ -296,3 +296,23 @@ def test_metrics_beyond_a_float_and_a_symlinked_out_are_handled(store, tmp_path)
     with pytest.raises(OSError, match=r"--out .*link: a symlink \(to .*elsewhere\); give the folder itself"):
         import_svip_checkpoint(checkpoint, store, tmp_path / "link", config=IMPORTED)
     assert list(target.iterdir()) == []
+
+
+def test_an_svip_run_on_a_store_without_geometry_is_set_beside_the_heuristics_from_its_boxes(store, tmp_path):
+    from msgvip.ranker import TrainConfig, evaluate_run, train
+    from msgvip.ranker.metrics import largest_box_scores, most_central_scores, ranking_metrics
+
+    assert "geometry" not in store.families
+    summary = train(store, tmp_path / "run", TrainConfig(epochs=1, batch_size=4, device="cpu"), TINY, progress=False)
+    assert {"largest_box", "most_central"} <= set(summary.val)
+    val = StoreDataset(store, "val", ["svip_box"])
+    batch = next(val.batches(len(val), prefetch=0))
+    box = batch.features["svip_box"].float()
+    column = {name: i for i, name in enumerate(SVIP_BOX_FEATURES)}
+    centre = torch.hypot(box[..., column["cx"]] - 0.5, box[..., column["cy"]] - 0.5)
+    target, valid = val.targets.numpy(), val.valid_slots().numpy()
+    largest = ranking_metrics(largest_box_scores(box[..., column["area"]], batch.person_mask), target, valid)
+    central = ranking_metrics(most_central_scores(centre, batch.person_mask), target, valid)
+    for name, expected in (("largest_box", largest), ("most_central", central)):
+        assert {k: summary.val[name][k] for k in ("rank@1", "mrr", "n")} == {k: expected[k] for k in ("rank@1", "mrr", "n")}
+    assert {"largest_box", "most_central"} <= set(evaluate_run(tmp_path / "run", store, "val"))

@@ -25,7 +25,9 @@ from ..config import ConfigError
 from ..store.feature_store import FeatureStore, StoreError
 from ..store.records import Snapshot, SnapshotEntry
 
-BASELINE_GEOMETRY = ("area", "center_dist")  # what the heuristic baselines need from geometry
+# What the heuristic baselines (largest box, most central) read, from whichever box family the
+# store holds: geometry has the centre's distance itself, svip_box its centre (in frame units).
+BASELINE_COLUMNS = {"geometry": ("area", "center_dist"), "svip_box": ("area", "cx", "cy")}
 
 
 class LabelError(ConfigError):
@@ -120,6 +122,15 @@ def _memory_budget() -> int:
 PAD_BUDGET = 2.0
 
 
+def _baseline_source(store: FeatureStore) -> tuple[str | None, list[int] | None]:
+    """(family, its columns) the heuristic baselines read: geometry where the store has it, else svip_box."""
+    for family, names in BASELINE_COLUMNS.items():
+        columns = store.config.get("features", {}).get(family, {}).get("features", [])
+        if family in store.families and set(names) <= set(columns):
+            return family, [columns.index(n) for n in names]
+    return None, None
+
+
 class StoreDataset:
     """The clips of one split (``None`` = all) of a dataset snapshot of a store.
 
@@ -183,8 +194,7 @@ class StoreDataset:
         self._clip_frames = np.array([r.frames for r in self.records], dtype=np.int64)
         self._clip_persons = np.array([r.persons for r in self.records], dtype=np.int64)
         self._typical_cells = float(np.median(self._clip_frames * self._clip_persons)) if self.records else 1.0
-        geometry = store.config.get("features", {}).get("geometry", {}).get("features", [])
-        self.baseline_columns = [geometry.index(n) for n in BASELINE_GEOMETRY] if set(BASELINE_GEOMETRY) <= set(geometry) else None
+        self.baseline_family, self.baseline_columns = _baseline_source(store)
         row_bytes = sum(specs[f].row_bytes for f in self.families) + 8  # + frame, slot
         if in_memory not in ("auto", "yes", "no"):
             raise ValueError(f"in_memory must be auto, yes or no, got {in_memory!r}")
@@ -194,6 +204,16 @@ class StoreDataset:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def baseline_inputs(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(box area, distance of the box centre to the frame centre), each (B, T, N), from a
+        batch's dense features of :attr:`baseline_family`."""
+        values = features[self.baseline_family].float()
+        if self.baseline_family == "geometry":
+            area, dist = self.baseline_columns
+            return values[..., area], values[..., dist]
+        area, cx, cy = self.baseline_columns
+        return values[..., area], torch.hypot(values[..., cx] - 0.5, values[..., cy] - 0.5)
 
     def with_families(self, families: Sequence[str]) -> StoreDataset:
         """The same clips, labels and order with other feature arrays (e.g. geometry for the

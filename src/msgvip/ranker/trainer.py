@@ -172,18 +172,19 @@ def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, 
 
 
 def baseline_metrics(data: StoreDataset, batch_size: int = 64) -> dict:
-    """Metrics of the two heuristic baselines (empty without geometry), a batch at a time."""
-    if data.baseline_columns is None or not len(data):
+    """Metrics of the two heuristic baselines, a batch at a time, from the store's geometry or
+    svip_box family (empty without either)."""
+    if data.baseline_family is None or not len(data):
         return {}
-    if "geometry" not in data.families:  # a model that reads no geometry (svip) is still set beside the heuristics
-        data = data.with_families(["geometry"])
-    area_column, dist_column = data.baseline_columns
+    if data.baseline_family not in data.families:  # a model that reads no boxes is still set beside the heuristics
+        data = data.with_families([data.baseline_family])
     largest = np.full((len(data), data.persons), -np.inf)
     central = np.full((len(data), data.persons), -np.inf)
     for batch in data.batches(batch_size, prefetch=0):
-        geometry, n = batch.features["geometry"].float(), batch.person_mask.shape[2]
-        largest[batch.index.numpy(), :n] = largest_box_scores(geometry[..., area_column], batch.person_mask)
-        central[batch.index.numpy(), :n] = most_central_scores(geometry[..., dist_column], batch.person_mask)
+        area, dist = data.baseline_inputs(batch.features)
+        n = batch.person_mask.shape[2]
+        largest[batch.index.numpy(), :n] = largest_box_scores(area, batch.person_mask)
+        central[batch.index.numpy(), :n] = most_central_scores(dist, batch.person_mask)
     target, valid = data.targets.numpy(), data.valid_slots().numpy()
     return {"largest_box": ranking_metrics(largest, target, valid), "most_central": ranking_metrics(central, target, valid)}
 
