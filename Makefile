@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine; both create .venv once and reuse it.
-#   make demo   synthetic clips -> feature store -> listing (later: training)
+#   make demo   synthetic clips -> feature store -> trained ranker -> evaluation and report
 #   make test   the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv

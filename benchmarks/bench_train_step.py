@@ -24,11 +24,6 @@ Models:
   CLS features and the 256-d box features its feature cache holds (the output of its box MLP).
   Without ``SVIP_REPO`` only msgvip is timed.
 
-The process runs under msgvip's trainer's host-memory policy (``ranker/host_memory.py``: glibc's
-malloc keeps freed memory for the next step instead of returning it to the kernel), as a training
-run with ``msgvip train`` does. It is one setting for the whole process, so svip's steps run under
-it too; ``--system-allocator`` leaves glibc's defaults instead.
-
 Printed: each model's median forward, backward and step time over the timed rounds, its median
 minor page faults and kernel (system) CPU time per step, and the ratios svip / msgvip of the
 time medians.
@@ -61,7 +56,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msgvip.ranker.host_memory import retain_freed_memory
 from msgvip.ranker.model import ImportanceRanker, RankerConfig
 from msgvip.ranker.trainer import TrainConfig
 
@@ -219,8 +213,6 @@ def main(argv: list[str] | None = None) -> dict:
                    help="run every model's forward and loss under bfloat16 autocast, as svip's own training loop does on a CPU (default: float32)")
     p.add_argument("--svip-repo", type=Path, default=os.environ.get("SVIP_REPO") or None,
                    help="checkout of github.com/yml2002/svip (default: $SVIP_REPO); without it only msgvip is timed")
-    p.add_argument("--system-allocator", action="store_true",
-                   help="leave glibc's malloc defaults (default: the trainer's policy, which keeps freed memory for the next step)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke run")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -235,7 +227,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "point SVIP_REPO or --svip-repo at a checkout of github.com/yml2002/svip")
     if args.threads:
         torch.set_num_threads(args.threads)
-    retained = False if args.system_allocator else retain_freed_memory()
 
     batch = make_batch(args.batch, args.frames, args.slots, args.valid, args.device)
     mask = batch[1]
@@ -257,7 +248,6 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(),
         "precision": "bfloat16 autocast" if args.autocast else "float32",
-        "host_memory": "freed memory retained (msgvip trainer's policy)" if retained else "system allocator defaults",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "shape": shape,
@@ -274,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report, indent=2))
         return report
-    print(f"device {report['device']}, {report['threads']} threads, torch {report['torch']}, {report['precision']}, host memory: {report['host_memory']}")
+    print(f"device {report['device']}, {report['threads']} threads, torch {report['torch']}, {report['precision']}")
     print(f"batch {shape['batch']} clips x {shape['frames']} frames x {shape['slots']} slots, "
           f"{shape['valid_per_frame']} persons per frame, {shape['persons_per_clip']} per clip; "
           f"{args.repeats} timed rounds after {args.warmup} untimed, each with {args.msgvip_steps} step(s) of each msgvip "

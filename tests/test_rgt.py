@@ -19,7 +19,8 @@ from msgvip.ranker.losses import ranking_loss_terms
 from msgvip.ranker.metrics import ranking_metrics
 from msgvip.ranker.model import INVALID_LOGIT
 from msgvip.ranker.rgt import RELATIONS, TRAIN_DEFAULTS, RelationalGraphTemporalRanker, RgtConfig
-from msgvip.ranker.trainer import Runtime, baseline_metrics, score_dataset
+from msgvip.ranker.baselines import baseline_metrics
+from msgvip.ranker.trainer import Runtime, score_dataset
 from msgvip.store import FeatureStore
 
 G = len(GEOMETRY_FEATURES)

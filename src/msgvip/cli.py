@@ -22,7 +22,8 @@ from .data.sources import SourceError
 from .files import refuse_link
 from .data.synthetic import DIFFICULTIES
 from .extract.registry import UnknownFeatureError
-from .pipelines.extract import ExtractAborted, ExtractSummary, run_extract
+from .pipelines.extract import run_extract
+from .pipelines.extract_run import ExtractAborted, ExtractSummary
 from .store import cache as cache_mod
 from .store.compact import compact as compact_store
 from .store.feature_store import SCHEMA_VERSION, StoreError

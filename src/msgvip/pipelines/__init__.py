@@ -1,5 +1,6 @@
-"""End-to-end flows built from the stages: extraction (and later the demo)."""
+"""End-to-end flows built from the stages: extraction, training from a store, the demo, sweeps and run listings."""
 
-from .extract import ExtractAborted, ExtractSummary, extract_features, run_extract
+from .extract import run_extract
+from .extract_run import ExtractAborted, ExtractSummary, extract_features
 
 __all__ = ["ExtractAborted", "ExtractSummary", "extract_features", "run_extract"]

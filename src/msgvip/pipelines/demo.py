@@ -16,7 +16,8 @@ from ..data.synthetic import DemoDataConfig, write_demo_data
 from ..ranker import evaluate_run, train
 from ..store.feature_store import FeatureStore
 from ..views import write_report
-from .extract import ExtractSummary, run_extract
+from .extract import run_extract
+from .extract_run import ExtractSummary
 from .train import train_configs
 
 DEMO_FEATURES = ("appearance", "face", "geometry", "pose")

@@ -22,7 +22,7 @@ from ..extract.registry import Extractor, build_extractors
 from ..store.feature_store import FeatureStore
 from ..store.fingerprint import canonical_json
 from ..store.storage import Storage
-from .extract import ExtractRun, _load, extract_features
+from .extract_run import ExtractRun, extract_features, load_clip
 
 DECODE_THREADS = 4  # per task, to decode the group's clips in parallel
 GROUP_CLIPS = 32  # clips per task
@@ -45,7 +45,7 @@ def extract_group(sources: list[ClipSource], config: ExtractConfig, root: Storag
     store = FeatureStore.open_in(root, fp, refresh=False)
     outcomes, todo = [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # numpy's zip/zlib release the GIL
-        decoded = list(pool.map(lambda src: _load(src, config.max_clip_bytes), sources))
+        decoded = list(pool.map(lambda src: load_clip(src, config.max_clip_bytes), sources))
     for src, loaded in zip(sources, decoded):
         if isinstance(loaded, ClipError):
             outcomes.append({"source": src, "error": loaded})

@@ -19,7 +19,8 @@ from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.trainer import TrainConfig, build_config, run_config
 from ..store.cache import cache_root, resolve_store
 from ..store.feature_store import FeatureStore, StoreError
-from .extract import ExtractSummary, default_dataset_name, run_extract
+from .extract import run_extract
+from .extract_run import ExtractSummary, default_dataset_name
 
 
 def store_for_training(

@@ -7,7 +7,7 @@ gradient reaching an invalid slot's logit is exactly zero.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +21,13 @@ class RankingLossTerms(NamedTuple):
     total: Tensor
     ce: Tensor
     pairwise: Tensor
+
+
+class LossSettings(Protocol):
+    """What a model's ``loss_terms`` reads of the training config (TrainConfig has both)."""
+
+    margin: float
+    pairwise_weight: float
 
 
 def ranking_loss_terms(

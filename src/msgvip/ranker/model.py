@@ -36,7 +36,7 @@ from torch_geometric.utils import softmax as segment_softmax
 from ..domains import check_fields, one_of, ranged
 from .dropout import Dropout, dropout, dropout_add
 from .layer_mix import LayerMix
-from .losses import RankingLossTerms, ranking_loss_terms
+from .losses import LossSettings, RankingLossTerms, ranking_loss_terms
 
 __all__ = ["INVALID_LOGIT", "RECORD_DEFAULTS", "ImportanceRanker", "RankerConfig", "frame_graph_edges"]
 
@@ -807,7 +807,7 @@ class ImportanceRanker(nn.Module):
         stats = torch.cat([mean, std, raw[last] - raw[first], mean - clip_mean, track.float()], -1)  # (P, 4 sum D + 3)
         return self.skip(_normalise(self.skip_norm, stats, self.training)).squeeze(-1)
 
-    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train) -> RankingLossTerms:
+    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train: LossSettings) -> RankingLossTerms:
         """Masked cross-entropy + pairwise margin (``train``: the TrainConfig's margin and weight)."""
         terms = ranking_loss_terms(logits, target, valid, train.margin, train.pairwise_weight)
         skip = getattr(self, "_skip_logits", None)

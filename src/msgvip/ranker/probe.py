@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 from ..config import ConfigError
 from ..files import read_regular
 from ..store.feature_store import FeatureStore
+from .baselines import baseline_metrics
 from .dataset import LabelOverrides, StoreDataset
 from .metrics import ranking_metrics
 
@@ -498,8 +499,6 @@ def probe_store(
     ``progress`` prints a line per fitted scorer on stderr. Raises ConfigError when a split has no
     labeled clip, a target slot holds no person, or no train clip has two persons or more.
     """
-    from .trainer import baseline_metrics
-
     start = time.perf_counter()
     say = functools.partial(print, file=sys.stderr) if progress else (lambda *a, **k: None)
     snapshot = store.resolve_dataset(dataset)

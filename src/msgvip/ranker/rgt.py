@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +55,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch_geometric.nn import GATv2Conv
 
 from ..domains import check_fields, ranged
-from .losses import RankingLossTerms, ranking_loss_terms
+from .losses import LossSettings, RankingLossTerms, ranking_loss_terms
 from .model import INVALID_LOGIT, frame_graph_edges
-
-if TYPE_CHECKING:
-    from .trainer import TrainConfig
 
 __all__ = ["RELATIONS", "TRAIN_DEFAULTS", "RelationalGraphTemporalRanker", "RgtConfig", "RuleGraph"]
 
@@ -431,7 +428,7 @@ class RelationalGraphTemporalRanker(nn.Module):
         return logits.masked_scatter(person_valid, score.float())
 
     # ------------------------------------------------------------------------------------- loss
-    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train: TrainConfig) -> RankingLossTerms:
+    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train: LossSettings) -> RankingLossTerms:
         """Masked CE + pairwise margin ranking (``train.margin``, ``train.pairwise_weight``) +
         ``config.contrastive_weight`` x a supervised contrastive term on the embeddings of the
         last forward: each labeled clip's important person is pulled towards the important

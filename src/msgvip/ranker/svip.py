@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 
 from ..domains import check_fields, ranged
-from .losses import RankingLossTerms, ranking_loss_terms
+from .losses import LossSettings, RankingLossTerms, ranking_loss_terms
 from .model import INVALID_LOGIT, frame_graph_edges
 
 __all__ = ["FAMILIES", "TRAIN_DEFAULTS", "SvipConfig", "SvipRanker", "svip_loss_terms"]
@@ -305,7 +305,7 @@ class SvipRanker(nn.Module):
         # persons are in (b, n) row-major order, the order masked_scatter fills
         return logits.masked_scatter(person_valid, score.float())
 
-    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train: object) -> RankingLossTerms:
+    def loss_terms(self, logits: Tensor, target: Tensor, valid: Tensor, train: LossSettings) -> RankingLossTerms:
         """svip's loss (see :func:`svip_loss_terms`); ``train`` (the TrainConfig) is not consulted:
         svip's loss has no margin."""
         return svip_loss_terms(logits, target, valid, self.config.preference_weight, self.config.preference_beta)

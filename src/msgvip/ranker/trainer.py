@@ -36,10 +36,10 @@ from ..store.feature_store import FeatureStore
 from ..store.records import ClipRecord
 from ..store.references import add_reference
 from .dataset import ClipBatch, LabelOverrides, StoreDataset, unmatched_labels
-from .host_memory import retain_freed_memory
 from .layer_mix import layer_counts
 from .losses import ranking_loss_terms
-from .metrics import largest_box_scores, most_central_scores, ranking_metrics
+from .baselines import baseline_metrics
+from .metrics import ranking_metrics
 from .model import RankerConfig
 from .probe import FittedProbe, fit_probe
 from .presets import DEFAULT_PRESET, Preset, build_model, preset_named, preset_of
@@ -169,24 +169,6 @@ def score_dataset(model: torch.nn.Module, data: StoreDataset, runtime: Runtime, 
         for index, logits in rank_parts:
             scores[index, : logits.shape[1]] = logits
     return scores
-
-
-def baseline_metrics(data: StoreDataset, batch_size: int = 64) -> dict:
-    """Metrics of the two heuristic baselines, a batch at a time, from the store's geometry or
-    svip_box family (empty without either)."""
-    if data.baseline_family is None or not len(data):
-        return {}
-    if data.baseline_family not in data.families:  # a model that reads no boxes is still set beside the heuristics
-        data = data.with_families([data.baseline_family])
-    largest = np.full((len(data), data.persons), -np.inf)
-    central = np.full((len(data), data.persons), -np.inf)
-    for batch in data.batches(batch_size, prefetch=0):
-        area, dist = data.baseline_inputs(batch.features)
-        n = batch.person_mask.shape[2]
-        largest[batch.index.numpy(), :n] = largest_box_scores(area, batch.person_mask)
-        central[batch.index.numpy(), :n] = most_central_scores(dist, batch.person_mask)
-    target, valid = data.targets.numpy(), data.valid_slots().numpy()
-    return {"largest_box": ranking_metrics(largest, target, valid), "most_central": ranking_metrics(central, target, valid)}
 
 
 def evaluate_scores(scores: np.ndarray, data: StoreDataset) -> dict:
@@ -493,8 +475,6 @@ def train(
     """
     start = time.perf_counter()
     runtime = Runtime.setup(train_config.device)
-    if runtime.device.type == "cpu":
-        retain_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     run_dir = Path(run_dir)
     cfg = train_config
     with store.lease(), reproducible(cfg.threads):
