@@ -152,3 +152,15 @@ def test_bad_requests_are_one_line_errors(run, tmp_path, clip, out, frames, mess
     with pytest.raises(ConfigError, match=message) as err:
         show_clip(run_dir, clip, tmp_path / out, frames=frames, store=store)
     assert "\n" not in str(err.value)
+
+
+def test_colours_follow_the_ranks_so_one_outlying_score_leaves_the_top_three_apart():
+    from types import SimpleNamespace
+
+    from msgvip.views.show import _colour_of
+
+    scores = {0: 0.05, 1: -0.92, 2: -2.03, 3: -17.0}
+    ranks = {slot: i + 1 for i, slot in enumerate(sorted(scores, key=scores.get, reverse=True))}
+    colour, count = _colour_of(SimpleNamespace(ranks=ranks, scores=scores))
+    top = [np.array(colour(ranks[slot]), float) for slot in (0, 1, 2)]
+    assert count == 4 and min(np.abs(a - b).sum() for i, a in enumerate(top) for b in top[i + 1 :]) > 60

@@ -1,7 +1,8 @@
 """`msgvip show`: a clip as the model ranks it, drawn over its own frames.
 
-Each person's box is coloured by the model's score (a colour bar in the margin, one scale per
-clip), their rank is written by the box, the labeled target is ringed in red and the model's
+Each person's box is coloured by the model's rank of them (#1 brightest, evenly spaced down the
+colour bar in the margin: one very low score cannot paint the others one colour), their rank is
+written by the box (tags moved apart in crowded frames), the labeled target is ringed in red and the model's
 top-1 has a star beside its rank; the title gives the clip id, its scene and whether the model was right.
 ``.png`` writes a contact sheet of K evenly spaced frames, ``.gif`` and ``.mp4`` the whole clip.
 ``worst:N`` / ``best:N`` draw N clips into one file, one below (or after) the other.
@@ -342,20 +343,20 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
-def _colour_of(scores: dict[int, float]):
-    """score -> RGB on this clip's own scale, and the scale's (low, high)."""
+def _colour_of(view: ClipScores):
+    """rank -> RGB, the ranks of the clip evenly spaced along the map (#1 at its bright end), and
+    the number of ranks. A linear map of the scores painted the top three (0.05, -0.92, -2.03)
+    one yellow when one person scored -17."""
     import matplotlib
 
     cmap = matplotlib.colormaps[COLOUR_MAP]
-    low, high = min(scores.values()), max(scores.values())
-    if high - low < 1e-9:  # one person, or all tied: the middle of the map
-        low, high = low - 0.5, high + 0.5
+    ranks = max(len(view.ranks), 1)
 
-    def colour(score: float) -> tuple[int, int, int]:
-        position = _MAP_FLOOR + (1 - _MAP_FLOOR) * (score - low) / (high - low)
+    def colour(rank: float) -> tuple[int, int, int]:
+        position = 1.0 if ranks == 1 else _MAP_FLOOR + (1 - _MAP_FLOOR) * (ranks - rank) / (ranks - 1)
         return tuple(int(c) for c in cmap(position, bytes=True)[:3])
 
-    return colour, (low, high)
+    return colour, ranks
 
 
 def _text_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -391,7 +392,7 @@ def _panel(canvas: Image.Image, origin: tuple[int, int], width: int, view: ClipS
     for slot in map(int, present):
         nx1, ny1, nx2, ny2 = pixels.boxes[t, slot]
         rect = (x0 + round(nx1 * width), y0 + round(ny1 * height), x0 + max(round(nx2 * width) - 1, round(nx1 * width)), y0 + max(round(ny2 * height) - 1, round(ny1 * height)))
-        fill = colour(view.scores[slot])
+        fill = colour(view.ranks[slot])
         draw.rectangle(_grow(rect, 1), outline=(0, 0, 0), width=1)  # a dark edge: the colour reads on light and dark frames
         draw.rectangle(rect, outline=fill, width=_BOX_WIDTH)
         ring = _grow(rect, _RING_OFFSET) if slot == view.entry.target else None
@@ -456,22 +457,21 @@ def _header(view: ClipScores, note: str, frames_text: str) -> list[tuple[str, Im
     return lines
 
 
-def _margin(canvas: Image.Image, origin: tuple[int, int], view: ClipScores, colour, scale: tuple[float, float]) -> None:
-    """Colour bar, legend and the ranking list, from ``origin`` down."""
+def _margin(canvas: Image.Image, origin: tuple[int, int], view: ClipScores, colour, ranks: int) -> None:
+    """Colour bar (by rank), legend and the ranking list with the scores, from ``origin`` down."""
     draw = ImageDraw.Draw(canvas)
     x, y = origin
     small, bold = _font(12), _font(12, bold=True)
-    draw.text((x, y), "model score", fill=_INK, font=bold)
+    draw.text((x, y), "rank by the model", fill=_INK, font=bold)
     y += 22
     bar_h, bar_w = 150, 18
-    low, high = scale
-    for i in range(bar_h):  # top = high
-        draw.line((x, y + i, x + bar_w - 1, y + i), fill=colour(high - (high - low) * i / (bar_h - 1)))
+    for i in range(bar_h):  # top = rank 1
+        draw.line((x, y + i, x + bar_w - 1, y + i), fill=colour(1 + (ranks - 1) * i / (bar_h - 1)))
     draw.rectangle((x - 1, y - 1, x + bar_w, y + bar_h), outline=_INK)
-    for frac in (0.0, 0.5, 1.0):
-        ty = y + round(frac * (bar_h - 1))
+    for rank in sorted({1, (ranks + 1) // 2, ranks}):
+        ty = y + round((rank - 1) / max(ranks - 1, 1) * (bar_h - 1))
         draw.line((x + bar_w, ty, x + bar_w + 4, ty), fill=_INK)
-        draw.text((x + bar_w + 7, ty), f"{high - (high - low) * frac:.3g}", fill=_INK, font=small, anchor="lm")
+        draw.text((x + bar_w + 7, ty), f"#{rank}", fill=_INK, font=small, anchor="lm")
     y += bar_h + 18
     draw.rounded_rectangle((x, y, x + 18, y + 14), radius=3, outline=TARGET_COLOUR, width=RING_WIDTH)
     draw.text((x + 26, y + 7), "labeled target", fill=_INK, font=small, anchor="lm")
@@ -489,7 +489,7 @@ def _margin(canvas: Image.Image, origin: tuple[int, int], view: ClipScores, colo
     if view.entry.target in ranked[_RANKING_ROWS:]:  # the target is always listed, last when it ranks below the rows
         shown = shown[:-1] + [view.entry.target]
     for slot in shown:
-        draw.rectangle((x, y + 2, x + 12, y + 14), fill=colour(view.scores[slot]), outline=_INK)
+        draw.rectangle((x, y + 2, x + 12, y + 14), fill=colour(view.ranks[slot]), outline=_INK)
         mark = "  target" if slot == view.entry.target else ""
         draw.text((x + 18, y), f"#{view.ranks[slot]}  slot {slot}  {view.scores[slot]:.3f}{mark}",
                   fill=TARGET_COLOUR if mark else _INK, font=bold if mark else small)  # fmt: skip
@@ -531,7 +531,7 @@ def _contact_sheet(view: ClipScores, pixels: ClipPixels, note: str, count: int) 
     grid_h = rows * (panel_h + caption_h + _GAP) + _GAP
     canvas = Image.new("RGB", (grid_w + _MARGIN, top + max(grid_h, _margin_height(view) + _GAP)), (255, 255, 255))
     _draw_header(canvas, lines)
-    colour, scale = _colour_of(view.scores)
+    colour, ranks = _colour_of(view)
     drawing = _Drawing(canvas, [], [])
     draw = ImageDraw.Draw(canvas)
     for i, t in enumerate(shown):
@@ -541,7 +541,7 @@ def _contact_sheet(view: ClipScores, pixels: ClipPixels, note: str, count: int) 
         drawing.boxes.extend(_panel(canvas, (x0, y0), SHEET_PANEL_WIDTH, view, pixels, t, colour))
         drawing.panels.append((x0, y0, x0 + SHEET_PANEL_WIDTH - 1, y0 + panel_h - 1))
         draw.text((x0 + SHEET_PANEL_WIDTH // 2, y0 + panel_h + 4), f"frame {t}", fill=_MUTED, font=_font(12), anchor="mt")
-    _margin(canvas, (grid_w + 4, top + _GAP), view, colour, scale)
+    _margin(canvas, (grid_w + 4, top + _GAP), view, colour, ranks)
     return drawing
 
 
@@ -550,7 +550,7 @@ def _clip_video(view: ClipScores, pixels: ClipPixels, note: str) -> list[_Drawin
     length = len(pixels.mask)
     h, w = pixels.size
     panel_h = max(1, round(VIDEO_PANEL_WIDTH * h / w))
-    colour, scale = _colour_of(view.scores)
+    colour, ranks = _colour_of(view)
     out = []
     for t in range(length):
         lines = _header(view, note, f"frame {t} of {length}")
@@ -558,7 +558,7 @@ def _clip_video(view: ClipScores, pixels: ClipPixels, note: str) -> list[_Drawin
         canvas = Image.new("RGB", (VIDEO_PANEL_WIDTH + 2 * _GAP + _MARGIN, top + max(panel_h + 2 * _GAP, _margin_height(view) + _GAP)), (255, 255, 255))
         _draw_header(canvas, lines)
         boxes = _panel(canvas, (_GAP, top + _GAP), VIDEO_PANEL_WIDTH, view, pixels, t, colour)
-        _margin(canvas, (VIDEO_PANEL_WIDTH + 2 * _GAP + 4, top + _GAP), view, colour, scale)
+        _margin(canvas, (VIDEO_PANEL_WIDTH + 2 * _GAP + 4, top + _GAP), view, colour, ranks)
         out.append(_Drawing(canvas, boxes, [(_GAP, top + _GAP, _GAP + VIDEO_PANEL_WIDTH - 1, top + _GAP + panel_h - 1)]))
     return out
 
