@@ -183,7 +183,7 @@ def test_jobs_run_trials_in_worker_processes_that_read_the_store_once_and_end(st
         ("[train]\namp = {low = 0, high = 1}\n", "train.amp", "give a list of choices"),
         ("[model]\nhidden = 16\n", "searches nothing", ""),
         ("[model]\npreset = 'nope'\nhidden = [8]\n", "model.preset", "unknown model preset 'nope'"),
-        ("[sweep]\nprune_startup_trials = -1\n[train]\nlr = [1e-3]\n", "sweep.prune_startup_trials", "0 or more"),
+        ("[sweep]\nprune_startup_trials = -1\n[train]\nlr = [1e-3]\n", "sweep.prune_startup_trials", "must be an integer >= 0, got -1"),
         ("[sampler]\nname = 'tpe'\n", "unknown section [sampler]", ""),
         ("[train\n", "invalid TOML", "line 1"),
         ("[train]\nepochs = 0\nlr = [1e-3]\n", "train.epochs", "must be an integer >= 1, got 0"),

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data.clip import DEFAULT_MAX_CLIP_BYTES
+from .domains import check_fields, one_of, ranged
 
 
 class ConfigError(ValueError):
@@ -31,21 +32,21 @@ class ExtractConfig:
     """
 
     features: tuple[str, ...] = ("geometry",)
-    batch_size: int = 256  # crops per model call
-    num_workers: int = 2  # clip-decoding threads / processes
+    batch_size: int = ranged(256, 1)  # crops per model call
+    num_workers: int = ranged(2, 0, 256)  # clip-decoding threads / processes
     device: str = "cpu"
     backbone: str = "facebook/dinov2-base"  # appearance + face: hub id or local directory
     pose_model: str = "usyd-community/vitpose-base-simple"  # pose (+ face): hub id or local directory
-    crop_size: int = 224  # appearance and face crops are crop_size x crop_size
-    context: float = 0.1  # appearance crops: box grown by this fraction of its size on each side
-    pooling: str = "cls+mean"  # appearance: "cls", "mean" (patch tokens) or "cls+mean" (both, concatenated)
+    crop_size: int = ranged(224, 1, 4096)  # appearance and face crops are crop_size x crop_size
+    context: float = ranged(0.1, 0, 4)  # appearance crops: box grown by this fraction of its size on each side
+    pooling: str = one_of("cls+mean", POOLINGS)  # appearance: "cls", "mean" (patch tokens) or "cls+mean" (both, concatenated)
     # appearance: the backbone's hidden states to pool, as indices into transformers'
     # ``hidden_states`` (0 the patch embeddings, -1 the last layer), e.g. (-1, -4, -8, -12).
     # One layer gives (D,) rows; several give (L, D) rows, shallow to deep, for the ranker to mix.
     layers: tuple[int, ...] = (-1,)
-    dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
+    dtype: str = one_of("auto", DTYPES)  # compute dtype: auto | float32 | bfloat16 | float16
     local_files_only: bool = False  # never reach the hub; models must be local or already cached
-    max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES  # a clip declaring more decoded bytes is refused, unread
+    max_clip_bytes: int = ranged(DEFAULT_MAX_CLIP_BYTES, 1)  # a clip declaring more decoded bytes is refused, unread
 
     def __post_init__(self) -> None:
         for name in ("backbone", "pose_model"):  # a pathlib.Path is welcome, a str is what JSON holds
@@ -60,18 +61,14 @@ class ExtractConfig:
             raise ConfigError(f"layers must be a non-empty tuple of layer indices such as (-1, -4, -8, -12), got {self.layers!r}")
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError(f"layers {list(self.layers)} names a layer twice; list each once")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
-        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or self.crop_size < 1:
-            raise ConfigError(f"crop_size must be a positive integer, got {self.crop_size!r}")
-        if isinstance(self.context, bool) or not isinstance(self.context, (int, float)) or not 0 <= self.context <= 4:
-            raise ConfigError(f"context must be a fraction of the box size in [0, 4], got {self.context!r}")
-        if isinstance(self.max_clip_bytes, bool) or not isinstance(self.max_clip_bytes, int) or self.max_clip_bytes < 1:
-            raise ConfigError(f"max_clip_bytes must be a positive number of bytes, got {self.max_clip_bytes!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name, kinds in (("batch_size", int), ("num_workers", int), ("crop_size", int), ("context", (int, float)), ("max_clip_bytes", int)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigError(f"ExtractConfig.{name} must be {'a number' if name == 'context' else 'an integer'}, got {value!r}")
+        try:
+            check_fields(self)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def settings(self) -> dict:
         """The options that decide the features (all but the runtime fields)."""

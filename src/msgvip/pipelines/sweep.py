@@ -74,7 +74,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError, check_device, parse_settings
-from ..domains import check_value
+from ..domains import check_value, ranged
 from ..ranker.dataset import LabelError, StoreDataset
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.probe import FittedProbe, fit_probe
@@ -133,9 +133,9 @@ class Param:
 class SweepSettings:
     """The ``[sweep]`` section: how trials are sampled and pruned."""
 
-    sampler_seed: int = 0
-    prune_startup_trials: int = 5  # MedianPruner's n_startup_trials
-    prune_warmup_epochs: int = 0  # epochs 1..this of a trial are never pruned
+    sampler_seed: int = ranged(0, 0, 2**32 - 1)
+    prune_startup_trials: int = ranged(5, 0)  # MedianPruner's n_startup_trials
+    prune_warmup_epochs: int = ranged(0, 0)  # epochs 1..this of a trial are never pruned
 
 
 @dataclass(frozen=True)
@@ -326,8 +326,7 @@ def _settings(path: Path, values: dict) -> SweepSettings:
         if key not in known:
             raise ConfigError(f"{path}: sweep.{key}: unknown key; known: {sorted(known)}")
         _typed(f"{path}: sweep.{key}", value, known[key])
-        if key.startswith("prune_") and value < 0:
-            raise ConfigError(f"{path}: sweep.{key}: must be 0 or more, got {value!r}")
+        _check_domain(f"{path}: sweep.{key}", SweepSettings, key, value)
     return SweepSettings(**values)
 
 
@@ -444,8 +443,9 @@ def _best(study: optuna.Study) -> TrialResult | None:
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else None
     try:
-        _check_tables(url)
-        with warnings.catch_warnings():
+        # two sweeps opening a new SQLite study at once both made its tables (IntegrityError): one at a time
+        with _study_lock(url), warnings.catch_warnings():
+            _check_tables(url)
             # heartbeats are "experimental" in Optuna; they are what turns the RUNNING trials of a
             # killed worker into failed ones (at the next trial's start), so they stay
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -547,7 +547,7 @@ class GridExhausted(ConfigError):
 
 class _GridClaims(optuna.samplers.BaseSampler):
     """Each new trial claims the first grid point no trial holds, under a lock every process
-    sharing the study takes (:func:`_grid_lock`), and its parameters are that point's values.
+    sharing the study takes (:func:`_study_lock`), and its parameters are that point's values.
     Optuna's GridSampler numbers points by trial number and, once every point has started, hands
     out running ones again: two sweeps sharing a study completed one point four times."""
 
@@ -555,7 +555,7 @@ class _GridClaims(optuna.samplers.BaseSampler):
         self.space, self.storage = space, storage
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        with _grid_lock(self.storage):
+        with _study_lock(self.storage):
             point = _free_point(study, self.space)
             study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, None if point is None else list(point))
 
@@ -629,17 +629,22 @@ def _free_point(study: optuna.Study, space: SweepSpace) -> tuple | None:
 
 
 @contextlib.contextmanager
-def _grid_lock(storage: str) -> Iterator[None]:
-    """An exclusive lock for claiming grid points: a flock on a file beside a SQLite study, which
-    every process sharing the study takes. Other storages (PostgreSQL across machines) have no
-    such file; two machines claiming at the same instant could then run one point twice."""
-    url = make_url(storage)
-    if url.get_backend_name() != "sqlite" or not url.database:
+def _study_lock(storage: str) -> Iterator[None]:
+    """An exclusive lock for making a study's tables and claiming grid points: a flock on a file
+    beside a SQLite study, which every process sharing the study takes. Other storages
+    (PostgreSQL across machines) have no such file; two machines claiming at the same instant
+    could then run one point twice."""
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        yield  # not a URL: opening it says so
+        return
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" or not Path(url.database).parent.is_dir():
         yield
         return
     import fcntl
 
-    with open(f"{url.database}.grid-lock", "a") as lock:
+    with open(f"{url.database}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
