@@ -32,3 +32,17 @@ def test_demo_runs_every_family_with_local_random_backbones(tmp_path, capsys, mo
     store = FeatureStore.open(result.extract.store)
     models = store_info(store.storage, store.fingerprint).models  # what `cache ls` shows
     assert {m.split("@")[0] for m in models} == {"dinov2", "vitpose"}
+
+
+def test_the_demos_run_resumes_with_its_own_settings_alone(tmp_path):
+    from click.testing import CliRunner
+
+    from msgvip.cli import main
+
+    data = DemoDataConfig(clips=30, frames=6, persons=4, seed=2)
+    result = run_demo(tmp_path / "demo", ("geometry",), data=data, settings=("model.hidden=16", "model.temporal_heads=4", "train.epochs=2"), progress=False)
+    resumed = CliRunner().invoke(main, ["train", "--out", str(result.run_dir), "--resume", "--epochs", "3"])  # no store, no settings
+    assert resumed.exit_code == 0, resumed.output
+    record = json.loads((result.run_dir / "config.json").read_text())
+    assert record["train"]["epochs"] == 3 and record["model"]["hidden"] == 16
+    assert [line.split(",")[0] for line in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]][-1] == "3"
