@@ -290,6 +290,15 @@ def probe_duel(scores: np.ndarray, probe_scores: np.ndarray, targets: np.ndarray
     return int((model_hit & ~probe_hit & labelled).sum()), int((probe_hit & ~model_hit & labelled).sum())
 
 
+def row_clears_probe(row: Mapping, probe_p_value: float) -> bool:
+    """Whether a metrics.csv row (numbers or their text) may become best.pt as far as the probe
+    goes: epoch 0 (the probe itself), a run whose model carries no probe (no duel columns), or an
+    epoch whose duel with the probe :func:`clears_probe`."""
+    if int(row["epoch"]) == 0 or "val_wins_vs_probe" not in row:
+        return True
+    return clears_probe(int(float(row["val_wins_vs_probe"])), int(float(row["val_losses_vs_probe"])), probe_p_value)
+
+
 def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0, probe_p_value: float = 0.05) -> Mapping | None:
     """The row of ``history`` (metrics.csv rows, numbers or their text) that the trainer kept as
     best.pt, by :func:`improves`; None when there is none. A run whose model carries its probe has
@@ -297,9 +306,7 @@ def best_epoch(history: Sequence[Mapping], min_delta: float = 0.0, probe_p_value
     best_row, best, best_loss = None, -1.0, math.inf
     for row in history:
         value, loss = float(row["val_rank@1"]), float(row.get("val_loss") or math.inf)
-        clears = int(row["epoch"]) == 0 or "val_wins_vs_probe" not in row or clears_probe(
-            int(float(row["val_wins_vs_probe"])), int(float(row["val_losses_vs_probe"])), probe_p_value)
-        if improves(value, loss, best, best_loss, min_delta, clears):
+        if improves(value, loss, best, best_loss, min_delta, row_clears_probe(row, probe_p_value)):
             best_row, best, best_loss = row, value, loss
     return best_row
 
@@ -664,7 +671,7 @@ def train(
             })  # fmt: skip
             row["data_wait_fraction"] = runtime.mean(wait / row["seconds"])
             history.append(row)
-            clears = val_prior is None or clears_probe(row["val_wins_vs_probe"], row["val_losses_vs_probe"], cfg.probe_p_value)
+            clears = row_clears_probe(row, cfg.probe_p_value)
             improved = improves(val["rank@1"], row["val_loss"], best["rank@1"], best.get("loss", math.inf), cfg.min_delta, clears)
             best = {"epoch": epoch + 1, "rank@1": val["rank@1"], "since": 0, "loss": row["val_loss"]} if improved else {**best, "since": best["since"] + 1}
             if runtime.is_main:
