@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,15 +118,12 @@ def read_config_file(path: str | os.PathLike, run_sections: Callable[[dict], dic
     if not isinstance(record, dict):
         raise ConfigError(f"{path}: the top level must be an object with 'model' and/or 'train' sections, got {type(record).__name__}")
     if is_run_record(record):
-        for name in CONFIG_SECTIONS:
-            _table(record[name], path, name)
+        _check_tables(record, CONFIG_SECTIONS, path)
         record = (run_sections or _run_sections)(record)
     unknown = sorted(set(record) - set(CONFIG_SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown sections {unknown}; use {list(CONFIG_SECTIONS)}")
-    for name, section in record.items():
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
+    _check_tables(record, record, path)
     return record
 
 
@@ -140,10 +137,10 @@ def _run_sections(record: dict) -> dict[str, dict]:
     return {"model": {"preset": record.get("model_preset", "msgvip"), **record["model"]}, "train": record["train"]}
 
 
-def _table(section: object, path: Path, name: str) -> dict:
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {section!r}")
-    return section
+def _check_tables(record: Mapping, names: Iterable[str], path: Path) -> None:
+    for name in names:
+        if not isinstance(record[name], dict):
+            raise ConfigError(f"{path}: section {name!r} must be a table of settings, got {record[name]!r}")
 
 
 def parse_settings(pairs: Sequence[str], source: str = "--set") -> dict[str, dict]:
