@@ -69,3 +69,10 @@ def test_a_reference_whose_run_is_gone_is_pruned(tmp_path, cache_dir):
     assert references(root, fp) == [] and references(root, fp, prune=False) == []
     gc = CliRunner().invoke(main, ["cache", "gc", "--keep-last", "0"])
     assert gc.exit_code == 0 and "freed" in gc.output, gc.output
+
+
+def test_a_store_that_is_there_but_damaged_is_not_called_gone(tmp_path, cache_dir):
+    fp, run = train_one(tmp_path, cache_dir, "a")
+    (cache_dir / fp / "meta.json").write_text("{}")
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--split", "val"])
+    assert evaluated.exit_code == 1 and "cannot be opened" in evaluated.output and "is gone" not in evaluated.output, evaluated.output

@@ -17,7 +17,7 @@ from ..config import CONFIG_SECTIONS, ConfigError, ExtractConfig, parse_settings
 from ..data.sources import SourceError
 from ..ranker.presets import DEFAULT_PRESET, preset_named
 from ..ranker.trainer import TrainConfig, build_config, run_config
-from ..store.cache import cache_root, resolve_store
+from ..store.cache import cache_root, resolve_store, store_fingerprints
 from ..store.feature_store import FeatureStore, StoreError
 from .extract import run_extract
 from .extract_run import ExtractSummary, default_dataset_name
@@ -40,12 +40,14 @@ def store_for_training(
 def store_of_run(run_dir: Path, cache_dir: str | None, storage_options: dict | None = None) -> FeatureStore:
     """The store a run was trained on: its fingerprint under ``cache_dir`` when one is given,
     else under the cache root the run recorded. A store that is gone is a StoreError saying how
-    to rebuild it."""
+    to rebuild it; one that is there but cannot be opened (damaged, an older schema) says why."""
     config = run_config(run_dir)
     root = cache_root(cache_dir if cache_dir is not None else config.get("cache_root"), storage_options)
     try:
         return resolve_store(root, config["fingerprint"])
-    except StoreError:
+    except StoreError as err:
+        if config["fingerprint"] in store_fingerprints(root):
+            raise StoreError(f"{run_dir}: its store {str(config['fingerprint'])[:12]} in {root.url} cannot be opened: {err}") from None
         raise StoreError(f"{run_dir}: {store_gone(config, root.url)}") from None
 
 
