@@ -353,7 +353,9 @@ def _earlier_run(run_dir: Path, overwrite: bool) -> list[Path]:
         return []
     if not overwrite:
         raise click.UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    return [run_dir / name for name in RUN_FILES] + sorted(run_dir.glob("predictions-*.csv")) + [run_dir / "evaluate-test.json"]
+    from .pipelines.runs import EVALUATE_FILE
+
+    return [run_dir / name for name in RUN_FILES] + sorted(run_dir.glob("predictions-*.csv")) + [run_dir / EVALUATE_FILE]
 
 
 def _default_run_dir(fingerprint: str) -> Path:
