@@ -102,7 +102,7 @@ GRACE_S = 180
 STOP_TIMEOUT_S = 10  # a worker told to stop unwinds within this, else it is killed
 # A trial keeps only its best checkpoint, without optimizer state: 50 trials of full runs filled a disk
 TRIAL_TRAIN_DEFAULTS = {"keep": "best"}
-MAX_GRID_POINTS = 100_000  # a grid's points are listed by Optuna's GridSampler: 10^20 of them ran out of memory
+MAX_GRID_POINTS = 100_000  # every claim lists the grid's points (_taken_points): a grid of 10^20 ran out of memory
 SQLITE_TIMEOUT_S = 60  # several workers write one SQLite file: wait for its lock, never fail on it
 
 
