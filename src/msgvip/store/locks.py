@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -173,15 +173,18 @@ class _Heartbeat:
             self.landed = sent  # the time the beat says, not when it arrived
         else:
             return  # stopped
-        self.lost = f"no heartbeat landed in time for {time.monotonic() - self.landed:.0f} s (a network partition?)"
+        self._lose()
 
     def overdue(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) - self.landed >= STALE_SECONDS - HEARTBEAT_SECONDS
 
+    def _lose(self) -> None:
+        self.lost = f"no heartbeat landed in time for {time.monotonic() - self.landed:.0f} s (a network partition?)"
+
     def check(self) -> None:
         """Raise LeaseLost unless the heartbeat is fresh and still in the store."""
         if self.lost is None and self.overdue():
-            self.lost = f"no heartbeat landed in time for {time.monotonic() - self.landed:.0f} s (a network partition?)"
+            self._lose()
         if self.lost is None and self.storage.read(self.key) is None:
             self.lost = "its heartbeat was removed by a gc or compaction that took it for dead"
         if self.lost is not None:
@@ -202,29 +205,31 @@ class Lease:
 
     def __init__(self, storage, fp: str):
         self.storage, self.fp = storage, fp
-        self._file_fd: int | None = None  # local: the lease file's
-        self._directory_fd: int | None = None  # local: the store directory's, once it exists
+        self._held = ExitStack()  # what releases it: the locks' descriptors, the heartbeat
+        self._directory_locked = False  # local: the store directory's flock, once the store exists
         self._heartbeat: _Heartbeat | None = None  # object storage
 
     def _acquire(self) -> None:
         if self.storage.is_local:
-            self._file_fd = os.open(_lease_file(self.storage, self.fp), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            fcntl.flock(self._file_fd, fcntl.LOCK_SH)  # waits while a gc or compaction holds it
+            self._held.enter_context(file_lock(_lease_file(self.storage, self.fp), shared=True, timeout=None))  # waits while a gc or compaction holds it
             self._lock_store_directory()
             return
         self._heartbeat = _Heartbeat(self.storage, f"{LEASES}/{self.fp}/{uuid.uuid4().hex}.json")
+        self._held.callback(self._heartbeat.stop)
         while _heartbeats(self.storage, self.fp, mine=self._heartbeat.key, markers_only=True)[0]:
             time.sleep(WAIT_SECONDS)  # a gc is deleting this store: let it finish, then (re)create it
 
     def _lock_store_directory(self) -> None:
-        while self._directory_fd is None:
+        while not self._directory_locked:
             try:
-                self._directory_fd = _lock_directory(self.storage.local_path / self.fp, fcntl.LOCK_SH)
+                fd = _lock_directory(self.storage.local_path / self.fp, fcntl.LOCK_SH)
             except BlockingIOError:
                 time.sleep(WAIT_SECONDS / 10)  # a gc or compaction has the store: it ends soon
                 continue
-            if self._directory_fd is None:
+            if fd is None:
                 return  # no store yet: locked once it exists (check)
+            self._held.callback(os.close, fd)  # closing the descriptor releases the lock
+            self._directory_locked = True
 
     def check(self) -> None:
         """Raise LeaseLost if the lease can no longer be trusted; locally, also lock the store's
@@ -235,12 +240,7 @@ class Lease:
             self._lock_store_directory()
 
     def _release(self) -> None:
-        for fd in (self._directory_fd, self._file_fd):
-            if fd is not None:
-                os.close(fd)  # closing the descriptor releases the lock
-        self._directory_fd = self._file_fd = None
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        self._held.close()
 
 
 _held: dict[tuple[str, str], list[Lease]] = {}  # the leases this process holds, by (cache root, fingerprint)
@@ -253,7 +253,11 @@ def store_lease(storage, fp: str) -> Iterator[Lease]:
     """Hold a shared lease on store ``fp`` of ``storage`` for the block (see above); first wait
     while a gc or compaction has the store."""
     lease = Lease(storage, fp)
-    lease._acquire()
+    try:
+        lease._acquire()
+    except BaseException:  # interrupted while waiting out a gc: the heartbeat thread and the locks go too
+        lease._release()
+        raise
     with _held_guard:
         _held.setdefault((storage.url, fp), []).append(lease)
     try:
