@@ -77,7 +77,7 @@ def write_report(
     (out_dir / "gallery").mkdir(parents=True, exist_ok=True)
 
     history = read_history(run_dir / "metrics.csv")
-    best_epoch = evaluated_epoch(load_checkpoint(run_checkpoint(run_dir))) if any((run_dir / n).exists() for n in ("best.pt", "latest.pt")) else None
+    best_epoch = evaluated_epoch(load_checkpoint(run_checkpoint(run_dir)))  # no checkpoint: run_checkpoint says so, as scoring would
     scored = scored_split(run_dir, store, split, None, "cpu", config.get("dataset"), with_probe=True)  # once, for the metrics and the gallery
     result = evaluation(run_dir, scored, store)
     views = scores_from_model(scored.data.entries, scored.scores, scored.data.valid_slots().numpy())
